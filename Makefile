@@ -1,0 +1,54 @@
+# nettrace: `make help` lists the targets. Quiet unless V=1.
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := help
+Q := $(if $(V),,@)
+CLANG ?= clang
+ARCH := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
+BPF_CFLAGS := -g -O2 -target bpf -Wall -Werror -D__TARGET_ARCH_$(ARCH) -Ibuild -Ibpf
+BPF_SRC := $(wildcard bpf/*.bpf.c)
+BPF_OBJ := $(patsubst bpf/%.bpf.c,build/%.bpf.o,$(BPF_SRC))
+TS_SRC := $(shell find src test bench scripts -name '*.ts' 2>/dev/null)
+NODE_TEST := node --test --test-concurrency=1 --test-reporter=spec
+
+.PHONY: help deps build gen demo test test-unit bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+deps: ## install what building and testing need (apt packages, npm modules)
+	$(Q)scripts/deps.sh
+
+build/vmlinux.h:
+	$(Q)mkdir -p build
+	@echo "  GEN   $@"
+	$(Q)bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@
+
+build/%.bpf.o: bpf/%.bpf.c bpf/nettrace.h build/vmlinux.h
+	@echo "  BPF   $@"
+	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+dist/.stamp: $(TS_SRC) tsconfig.json package-lock.json
+	@echo "  TSC   dist/"
+	$(Q)npx --no-install tsc -p tsconfig.json
+	$(Q)touch $@
+
+build: $(BPF_OBJ) dist/.stamp ## compile the BPF objects and the TypeScript
+
+gen: $(BPF_OBJ) dist/.stamp ## regenerate src/probe/layout.generated.ts from the object's BTF
+	$(Q)node dist/scripts/gen-record.js build/hop.bpf.o src/probe/layout.generated.ts
+	$(Q)npx --no-install tsc -p tsconfig.json
+
+demo: deps build ## bring up the two-node test cluster, curl pod B from pod A, show the nine steps, take it down
+	$(Q)scripts/demo.sh
+
+test: deps build ## run every test (unit, BPF_PROG_TEST_RUN, real two-node cluster)
+	$(Q)$(NODE_TEST) dist/test/
+
+test-unit: build ## only the tests that need no root
+	$(Q)$(NODE_TEST) dist/test/unit/
+
+bench: deps build ## benchmarks: throughput and per-run cost against baselines in the same run
+	$(Q)node dist/bench/run.js
+
+clean: ## remove build outputs
+	$(Q)rm -rf build dist

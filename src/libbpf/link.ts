@@ -1,0 +1,90 @@
+// Attaching a tc program to a device: tcx links (kernel >= 6.6) or classic clsact filters.
+import { NettraceError } from '../errors';
+import { bpfError, describeErrno } from './errno';
+import { c } from './native';
+
+export type TcDirection = 'ingress' | 'egress';
+
+/** Where a program is attached; detach() is idempotent. */
+export interface Attachment {
+  readonly mechanism: 'tcx' | 'tc';
+  readonly ifindex: number;
+  readonly direction: TcDirection;
+  detach(): void;
+}
+
+const BPF_TCX_INGRESS = 46;
+const BPF_TCX_EGRESS = 47;
+const BPF_TC_INGRESS = 1;
+const BPF_TC_EGRESS = 2;
+const TC_HOOK_SIZE = 24;
+const TC_OPTS_SIZE = 32;
+const EEXIST = 17;
+const ENOENT = 2;
+
+/**
+ * A tcx link: the kernel detaches it when its fd closes, so a killed process
+ * leaves nothing behind, and it runs alongside other tools' programs.
+ */
+export function attachTcx(progFd: number, ifindex: number, direction: TcDirection): Attachment {
+  const attachType = direction === 'ingress' ? BPF_TCX_INGRESS : BPF_TCX_EGRESS;
+  const fd = c.bpf_link_create(progFd, ifindex, attachType, null) as number;
+  if (fd < 0) throw bpfError(`tcx ${direction} attach to ifindex ${ifindex}`, fd, 'tcx needs kernel 6.6+; use --attach tc on older kernels');
+  let open = true;
+  return {
+    mechanism: 'tcx', ifindex, direction,
+    detach() {
+      if (open) c.close(fd);
+      open = false;
+    },
+  };
+}
+
+export interface TcTag {
+  readonly handle: number;
+  readonly priority: number;
+}
+
+function hook(ifindex: number, direction: TcDirection | 'both'): object {
+  const point = direction === 'ingress' ? BPF_TC_INGRESS : direction === 'egress' ? BPF_TC_EGRESS : BPF_TC_INGRESS | BPF_TC_EGRESS;
+  return { sz: TC_HOOK_SIZE, ifindex, attach_point: point, parent: 0 };
+}
+
+/**
+ * A classic tc filter under clsact. It outlives the process, so it carries our
+ * tag (handle, priority) and detachTc/cleanup remove it by that tag.
+ */
+export function attachTc(progFd: number, ifindex: number, direction: TcDirection, tag: TcTag): Attachment {
+  const h = hook(ifindex, direction);
+  const created = c.bpf_tc_hook_create(h) as number;
+  if (created < 0 && created !== -EEXIST) throw bpfError(`creating clsact on ifindex ${ifindex}`, created, 'check the device exists and you are root');
+  const opts = { sz: TC_OPTS_SIZE, prog_fd: progFd, flags: 0, prog_id: 0, handle: tag.handle, priority: tag.priority };
+  const ret = c.bpf_tc_attach(h, opts) as number;
+  if (ret < 0) throw bpfError(`tc ${direction} attach to ifindex ${ifindex}`, ret, 'run `nettrace cleanup` to remove leftovers, then retry');
+  let attached = true;
+  return {
+    mechanism: 'tc', ifindex, direction,
+    detach() {
+      if (attached) detachTc(ifindex, direction, tag);
+      attached = false;
+    },
+  };
+}
+
+/** Remove our tagged filter; true when there was one. */
+export function detachTc(ifindex: number, direction: TcDirection, tag: TcTag): boolean {
+  const opts = { sz: TC_OPTS_SIZE, prog_fd: 0, flags: 0, prog_id: 0, handle: tag.handle, priority: tag.priority };
+  const ret = c.bpf_tc_detach(hook(ifindex, direction), opts) as number;
+  if (ret === -ENOENT || ret === -22 /* EINVAL: no clsact at all */) return false;
+  if (ret < 0) throw bpfError(`tc ${direction} detach from ifindex ${ifindex}`, ret, 'remove it by hand: tc filter del dev DEV ' + direction);
+  return true;
+}
+
+/** Delete the clsact qdisc (and every filter under it). */
+export function destroyClsact(ifindex: number): void {
+  const ret = c.bpf_tc_hook_destroy(hook(ifindex, 'both')) as number;
+  if (ret < 0 && ret !== -ENOENT && ret !== -22) {
+    throw new NettraceError('BPF', `removing clsact from ifindex ${ifindex}: ${describeErrno(ret)}`, 'remove it by hand: tc qdisc del dev DEV clsact');
+  }
+}
+

@@ -1,0 +1,67 @@
+// A BPF map by fd: element and batch operations on raw key/value bytes.
+import { bpfError } from './errno';
+import { c } from './native';
+
+const ENOENT = 2;
+
+export class BpfMap {
+  constructor(readonly name: string, readonly fd: number, readonly keySize: number, readonly valueSize: number) {}
+
+  update(key: Buffer, value: Buffer, flags = 0): void {
+    this.checkSizes(key, value);
+    const ret = c.bpf_map_update_elem(this.fd, key, value, flags) as number;
+    if (ret < 0) throw bpfError(`updating map ${this.name}`, ret, 'check the map size and that you run as root');
+  }
+
+  /** The value, or null when the key is absent. */
+  lookup(key: Buffer, value: Buffer = Buffer.alloc(this.valueSize)): Buffer | null {
+    this.checkSizes(key, value);
+    const ret = c.bpf_map_lookup_elem(this.fd, key, value) as number;
+    if (ret === -ENOENT) return null;
+    if (ret < 0) throw bpfError(`looking up map ${this.name}`, ret, 'check that the map still exists');
+    return value;
+  }
+
+  delete(key: Buffer): boolean {
+    this.checkSizes(key, null);
+    const ret = c.bpf_map_delete_elem(this.fd, key) as number;
+    if (ret === -ENOENT) return false;
+    if (ret < 0) throw bpfError(`deleting from map ${this.name}`, ret, 'check that the map still exists');
+    return true;
+  }
+
+  /**
+   * Every entry, read with BPF_MAP_LOOKUP_BATCH (design §3: several times cheaper than
+   * get_next_key + lookup). valueSize here is the per-entry size the kernel writes,
+   * which for per-CPU maps is the value size rounded to 8 times the number of CPUs.
+   */
+  lookupAll(entryValueSize = this.valueSize, chunk = 4096): { keys: Buffer; values: Buffer; count: number } {
+    const keyParts: Buffer[] = [];
+    const valueParts: Buffer[] = [];
+    let count = 0;
+    const inBatch = Buffer.alloc(Math.max(this.keySize, 8));
+    const outBatch = Buffer.alloc(Math.max(this.keySize, 8));
+    let first = true;
+    for (;;) {
+      const keys = Buffer.alloc(this.keySize * chunk);
+      const values = Buffer.alloc(entryValueSize * chunk);
+      const n = [chunk];
+      const ret = c.bpf_map_lookup_batch(this.fd, first ? null : inBatch, outBatch, keys, values, n, null) as number;
+      const got = n[0] ?? 0;
+      if (ret < 0 && ret !== -ENOENT) throw bpfError(`batch lookup of map ${this.name}`, ret, 'the kernel needs BPF_MAP_LOOKUP_BATCH (5.6+)');
+      keyParts.push(keys.subarray(0, got * this.keySize));
+      valueParts.push(values.subarray(0, got * entryValueSize));
+      count += got;
+      if (ret === -ENOENT) break;
+      outBatch.copy(inBatch);
+      first = false;
+    }
+    return { keys: Buffer.concat(keyParts), values: Buffer.concat(valueParts), count };
+  }
+
+  private checkSizes(key: Buffer, value: Buffer | null): void {
+    // A short buffer passed as void * would let the kernel read past it (design §3a).
+    if (key.length !== this.keySize) throw new RangeError(`map ${this.name}: key is ${key.length} bytes, map wants ${this.keySize}`);
+    if (value && value.length < this.valueSize) throw new RangeError(`map ${this.name}: value is ${value.length} bytes, map wants ${this.valueSize}`);
+  }
+}

@@ -1,0 +1,106 @@
+// A BPF object file: open, set read-only config, switch programs off, load, find programs and maps.
+import { NettraceError } from '../errors';
+import { bpfError, describeErrno } from './errno';
+import { captureLibbpfLog, libbpfLogTail, resetLibbpfLog } from './log';
+import { BpfMap } from './map';
+import { c, koffi, lastErrno } from './native';
+
+export interface BpfProgram {
+  readonly name: string;
+  readonly fd: number;
+}
+
+export class BpfObject {
+  private loaded = false;
+  private closed = false;
+
+  private constructor(readonly path: string, private readonly handle: unknown) {}
+
+  static open(path: string): BpfObject {
+    captureLibbpfLog();
+    resetLibbpfLog();
+    const handle = c.bpf_object__open_file(path, null);
+    if (!handle) {
+      const errno = lastErrno();
+      throw new NettraceError('BPF', `cannot open BPF object ${path}: ${describeErrno(errno)}`,
+        'run `make build` to compile the BPF programs', libbpfLogTail(5).join('\n'));
+    }
+    return new BpfObject(path, handle);
+  }
+
+  /** Bytes of a global data section (".rodata" holds `const volatile` config), writable until load. */
+  sectionData(section: string): Buffer {
+    this.assertNotLoaded(`write ${section}`);
+    const map = this.mapHandle(section);
+    const size = [0];
+    const ptr = c.bpf_map__initial_value(map, size);
+    if (!ptr) throw new NettraceError('BPF', `section ${section} of ${this.path} has no data`, 'rebuild the BPF object');
+    return Buffer.from(koffi.view(ptr, size[0] ?? 0));
+  }
+
+  setAutoload(program: string, on: boolean): void {
+    this.assertNotLoaded('switch programs');
+    c.bpf_program__set_autoload(this.programHandle(program), on);
+  }
+
+  setMaxEntries(map: string, entries: number): void {
+    this.assertNotLoaded('resize maps');
+    const ret = c.bpf_map__set_max_entries(this.mapHandle(map), entries) as number;
+    if (ret < 0) throw bpfError(`resizing map ${map}`, ret, 'pick another size');
+  }
+
+  load(): void {
+    resetLibbpfLog();
+    const ret = c.bpf_object__load(this.handle) as number;
+    if (ret < 0) {
+      // The verifier's reasoning is in libbpf's log; its last lines say why.
+      const tail = libbpfLogTail(25).join('\n');
+      throw bpfError(`loading ${this.path}`, ret,
+        'check the kernel has BTF (/sys/kernel/btf/vmlinux) and you are root; the verifier log follows', tail);
+    }
+    this.loaded = true;
+  }
+
+  program(name: string): BpfProgram {
+    const fd = c.bpf_program__fd(this.programHandle(name)) as number;
+    if (fd < 0) throw new NettraceError('BPF', `program ${name} is not loaded`, 'load the object first, with the program switched on');
+    return { name, fd };
+  }
+
+  map(name: string): BpfMap {
+    const handle = this.mapHandle(name);
+    const fd = c.bpf_map__fd(handle) as number;
+    if (fd < 0) throw new NettraceError('BPF', `map ${name} is not created`, 'load the object first');
+    return new BpfMap(name, fd, c.bpf_map__key_size(handle) as number, c.bpf_map__value_size(handle) as number);
+  }
+
+  maxEntries(name: string): number {
+    return c.bpf_map__max_entries(this.mapHandle(name)) as number;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    c.bpf_object__close(this.handle);
+  }
+
+  private programHandle(name: string): unknown {
+    const prog = c.bpf_object__find_program_by_name(this.handle, name);
+    if (!prog) throw new NettraceError('BPF', `no program ${name} in ${this.path}`, 'rebuild with `make build`');
+    return prog;
+  }
+
+  private mapHandle(name: string): unknown {
+    const map = c.bpf_object__find_map_by_name(this.handle, name);
+    if (!map) throw new NettraceError('BPF', `no map ${name} in ${this.path}`, 'rebuild with `make build`');
+    return map;
+  }
+
+  private assertNotLoaded(what: string): void {
+    if (this.loaded) throw new Error(`BpfObject: cannot ${what} after load`);
+  }
+}
+
+export function possibleCpus(): number {
+  return c.libbpf_num_possible_cpus() as number;
+}

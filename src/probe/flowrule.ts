@@ -1,0 +1,44 @@
+// Encoding of the followed-flow map's key and value (layouts generated from bpf/nettrace.h).
+import { FLOW_KEY_FIELDS as K, FLOW_KEY_SIZE, FLOW_RULE_FIELDS as R, FLOW_RULE_SIZE } from './layout.generated';
+
+export type Family = 4 | 6;
+export type Direction = 'request' | 'reply';
+
+export interface FlowRule {
+  family: Family;
+  proto: number;
+  /** 4 or 16 bytes */
+  saddr: Uint8Array;
+  daddr: Uint8Array;
+  /** 0: any */
+  sport: number;
+  dport: number;
+  flowId: number;
+  direction: Direction;
+}
+
+export function encodeFlowKey(rule: FlowRule): Buffer {
+  const b = Buffer.alloc(FLOW_KEY_SIZE);
+  b.set(rule.saddr, K.saddr.offset);
+  b.set(rule.daddr, K.daddr.offset);
+  b.writeUInt8(rule.family, K.family.offset);
+  b.writeUInt8(rule.proto, K.proto.offset);
+  return b;
+}
+
+export function encodeFlowRule(rule: FlowRule): Buffer {
+  const b = Buffer.alloc(FLOW_RULE_SIZE);
+  b.writeUInt16LE(rule.sport, R.sport.offset);
+  b.writeUInt16LE(rule.dport, R.dport.offset);
+  b.writeUInt32LE(rule.flowId, R.flow_id.offset);
+  b.writeUInt8(rule.direction === 'request' ? 0 : 1, R.direction.offset);
+  return b;
+}
+
+/** The same flow seen from the other end: addresses and ports swapped. */
+export function reverse(rule: FlowRule): FlowRule {
+  return {
+    ...rule, saddr: rule.daddr, daddr: rule.saddr, sport: rule.dport, dport: rule.sport,
+    direction: rule.direction === 'request' ? 'reply' : 'request',
+  };
+}

@@ -1,0 +1,71 @@
+// The hop program (bpf/hop.bpf.c) loaded once per run: its config, flow map, ring and lost counter.
+import { BpfObject, possibleCpus, RingReader } from '../libbpf';
+import type { BpfMap, BpfProgram, RecordHandler } from '../libbpf';
+import { encodeFlowKey, encodeFlowRule, type FlowRule } from './flowrule';
+import { CONFIG_FIELDS } from './layout.generated';
+import { bpfObjectPath } from './paths';
+
+export interface HopOptions {
+  /** UDP ports whose payload is VXLAN (design §1: 8472 flannel, 4789 IANA) */
+  vxlanPorts: number[];
+  /** ring size in bytes, a power of two */
+  ringBytes?: number;
+}
+
+const MAX_VXLAN_PORTS = CONFIG_FIELDS.vxlan_ports.length / 2;
+
+export class HopProbe {
+  readonly ingress: BpfProgram;
+  readonly egress: BpfProgram;
+  private readonly flows: BpfMap;
+  private readonly lost: BpfMap;
+  private readonly ring: RingReader;
+
+  private constructor(private readonly obj: BpfObject) {
+    this.ingress = obj.program('nt_ingress');
+    this.egress = obj.program('nt_egress');
+    this.flows = obj.map('nt_flows');
+    this.lost = obj.map('nt_lost');
+    this.ring = new RingReader(obj.map('nt_records').fd, obj.maxEntries('nt_records'));
+  }
+
+  static load(opts: HopOptions): HopProbe {
+    const obj = BpfObject.open(bpfObjectPath('hop'));
+    try {
+      const cfg = obj.sectionData('.rodata');
+      const ports = [...new Set(opts.vxlanPorts)].slice(0, MAX_VXLAN_PORTS);
+      for (let i = 0; i < MAX_VXLAN_PORTS; i++) cfg.writeUInt16LE(ports[i] ?? 0, CONFIG_FIELDS.vxlan_ports.offset + 2 * i);
+      if (opts.ringBytes) obj.setMaxEntries('nt_records', opts.ringBytes);
+      obj.load();
+      return new HopProbe(obj);
+    } catch (err) {
+      obj.close();
+      throw err;
+    }
+  }
+
+  follow(rule: FlowRule): void {
+    this.flows.update(encodeFlowKey(rule), encodeFlowRule(rule));
+  }
+
+  unfollow(rule: FlowRule): void {
+    this.flows.delete(encodeFlowKey(rule));
+  }
+
+  /** Records the kernel could not write because the ring was full, summed over CPUs. */
+  lostRecords(): number {
+    const value = this.lost.lookup(Buffer.alloc(4), Buffer.alloc(8 * possibleCpus()));
+    let sum = 0;
+    for (let i = 0; value && i < value.length; i += 8) sum += Number(value.readBigUInt64LE(i));
+    return sum;
+  }
+
+  drain(fn: RecordHandler, max?: number): number {
+    return this.ring.drain(fn, max);
+  }
+
+  close(): void {
+    this.ring.close();
+    this.obj.close();
+  }
+}
