@@ -1,0 +1,102 @@
+// nettrace follow: attach to every device of the nodes, print each packet's path of the flow.
+import { NettraceError } from '../errors';
+import { pathToJsonLine } from '../export/json';
+import { formatPathTable } from '../export/table';
+import { PathAssembler } from '../flow/assemble';
+import type { PacketPath } from '../flow/path';
+import { formatFlow, PROTO_NUMBERS, type FlowSpec } from '../flow/spec';
+import { attachAll, type AttachMechanism } from '../probe/attach';
+import { ipBytesOf } from '../probe/addr';
+import { reverse, type FlowRule } from '../probe/flowrule';
+import { HopProbe } from '../probe/hop';
+import { decodeHopRecord } from '../probe/layout.generated';
+import { discoverCluster } from '../topology/discover';
+import { allDevices, findPodByIp } from '../topology/model';
+import type { NetnsRef } from '../topology/netns';
+
+export interface FollowOptions {
+  flow: FlowSpec;
+  nodes: NetnsRef[];
+  output: 'table' | 'json';
+  count: number | null;
+  timeoutS: number | null;
+  graceMs: number;
+  attach: AttachMechanism;
+  write: (s: string) => void;
+  log: (s: string) => void;
+}
+
+const POLL_MS = 5;
+const EXPIRE_MS = 100;
+
+/** Resolves with the number of paths printed once --count, --timeout or stop() ends it. */
+export function follow(opts: FollowOptions): { done: Promise<number>; stop: () => void } {
+  const topology = discoverCluster(opts.nodes);
+  const f = opts.flow;
+  if (!findPodByIp(topology, f.src) && !findPodByIp(topology, f.dst)) {
+    throw new NettraceError('NOT_FOUND', `neither ${f.src} nor ${f.dst} is a pod in ${opts.nodes.map((n) => n.name).join(', ')}`,
+      'check the addresses, or name the namespaces that act as nodes with --nodes');
+  }
+  const vxlanPorts = topology.nodes.flatMap((n) => (n.tunnel?.vxlan ? [n.tunnel.vxlan.port] : []));
+  const probe = HopProbe.load({ vxlanPorts: vxlanPorts.length ? vxlanPorts : [8472, 4789] });
+  let hooks: ReturnType<typeof attachAll> | null = null;
+  try {
+    const request: FlowRule = {
+      family: f.family, proto: PROTO_NUMBERS[f.proto], saddr: ipBytesOf(f.src), daddr: ipBytesOf(f.dst),
+      sport: f.sport, dport: f.dport, flowId: 1, direction: 'request',
+    };
+    probe.follow(request);
+    probe.follow(reverse(request));
+    const devices = allDevices(topology);
+    hooks = attachAll(devices, { ingress: probe.ingress, egress: probe.egress }, opts.attach);
+    opts.log(`ready: following ${formatFlow(f)} on ${devices.length} devices in ${new Set(devices.map((d) => d.netns.name)).size} namespaces (${opts.attach})`);
+  } catch (err) {
+    hooks?.detach();
+    probe.close();
+    throw err;
+  }
+
+  const assembler = new PathAssembler(f, topology, { graceMs: opts.graceMs });
+  let printed = 0;
+  let finished = false;
+  let resolveDone: (n: number) => void = () => {};
+  const done = new Promise<number>((resolve) => (resolveDone = resolve));
+
+  const emit = (p: PacketPath) => {
+    if (opts.count !== null && printed >= opts.count) return;
+    opts.write(opts.output === 'json' ? pathToJsonLine(p) + '\n' : formatPathTable(p) + '\n');
+    printed++;
+    // not from inside a drain: stop() drains and unmaps the ring itself
+    if (opts.count !== null && printed >= opts.count) setImmediate(stop);
+  };
+  const poll = () => {
+    probe.drain((view, offset) => {
+      const p = assembler.add(decodeHopRecord(view, offset));
+      if (p) emit(p);
+    });
+  };
+  let lastExpire = Date.now();
+  const timer = setInterval(() => {
+    poll();
+    if (Date.now() - lastExpire >= EXPIRE_MS) {
+      lastExpire = Date.now();
+      for (const p of assembler.expire()) emit(p);
+    }
+  }, POLL_MS);
+  const timeout = opts.timeoutS !== null ? setTimeout(() => stop(), opts.timeoutS * 1000) : null;
+
+  function stop(): void {
+    if (finished) return;
+    finished = true;
+    clearInterval(timer);
+    if (timeout) clearTimeout(timeout);
+    hooks?.detach();
+    poll();
+    for (const p of assembler.expire(true)) emit(p);
+    const lost = probe.lostRecords();
+    if (lost > 0) opts.log(`warning: ${lost} records lost (ring buffer full): some paths may be incomplete`);
+    probe.close();
+    resolveDone(printed);
+  }
+  return { done, stop };
+}

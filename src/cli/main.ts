@@ -1,0 +1,142 @@
+// nettrace's command line.
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { NettraceError, usageError } from '../errors';
+import { parseFlowSpec, parseProto } from '../flow/spec';
+import { detachAllLive } from '../probe/attach';
+import { cleanupEverywhere } from '../probe/cleanup';
+import { CNI_MODES, testbedDown, testbedStatus, testbedUp } from '../testbed/flannelVxlan';
+import { currentNetns, namedNetns, type NetnsRef } from '../topology/netns';
+import { follow } from './follow';
+import { requireBtf, requireRoot } from './preflight';
+
+function positiveInt(flag: string) {
+  return (v: string): number => {
+    if (!/^\d+$/.test(v) || Number(v) < 1) throw new InvalidArgumentError(`${flag} takes a whole number of at least 1`);
+    return Number(v);
+  };
+}
+
+function positiveNumber(flag: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${flag} takes a number of seconds above 0`);
+    return n;
+  };
+}
+
+/** --nodes, else the test cluster's nodes when it is up, else our own namespace (a real node). */
+function resolveNodes(list: string | undefined): NetnsRef[] {
+  if (list !== undefined) {
+    const names = list.split(',').map((s) => s.trim()).filter(Boolean);
+    if (names.length === 0) throw usageError('--nodes is empty', 'name network namespaces, e.g. --nodes node1,node2');
+    return names.map(namedNetns);
+  }
+  const tb = testbedStatus();
+  return tb ? tb.nodes.map((n) => namedNetns(n.netns)) : [currentNetns()];
+}
+
+function checkCni(cni: string): void {
+  if (!(CNI_MODES as readonly string[]).includes(cni)) {
+    throw usageError(`--cni ${cni} is not a mode this testbed builds`, `use one of: ${CNI_MODES.join(', ')}`);
+  }
+}
+
+function buildProgram(): Command {
+  const program = new Command('nettrace')
+    .description('Trace packets hop by hop across Kubernetes nodes with eBPF')
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+
+  program.command('follow')
+    .description('show each packet of a flow crossing the nine steps between two pods, live')
+    .requiredOption('--flow <spec>', "the flow: 'SRC[:PORT] -> DST[:PORT]'")
+    .addOption(new Option('--proto <proto>', 'tcp, udp or icmp (default: tcp with ports, icmp without)'))
+    .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json']).default('table'))
+    .option('--nodes <netns,...>', 'network namespaces acting as nodes (default: the test cluster, else this host)')
+    .option('--count <n>', 'stop after n packets', positiveInt('--count'))
+    .option('--timeout <seconds>', 'stop after this many seconds', positiveNumber('--timeout'))
+    .option('--grace <ms>', 'report a path incomplete when its next hop has not come in this time', positiveInt('--grace'), 1000)
+    .addOption(new Option('--attach <mechanism>', 'tcx links (kernel 6.6+) or classic tc filters').choices(['tcx', 'tc']).default('tcx'))
+    .action(async (o: { flow: string; proto?: string; output: 'table' | 'json'; nodes?: string; count?: number; timeout?: number; grace: number; attach: 'tcx' | 'tc' }) => {
+      const flow = parseFlowSpec(o.flow, o.proto !== undefined ? parseProto(o.proto) : undefined);
+      requireRoot();
+      requireBtf();
+      const session = follow({
+        flow, nodes: resolveNodes(o.nodes), output: o.output, count: o.count ?? null, timeoutS: o.timeout ?? null,
+        graceMs: o.grace, attach: o.attach,
+        write: (s) => process.stdout.write(s), log: (s) => process.stderr.write(s + '\n'),
+      });
+      const onSignal = (sig: NodeJS.Signals) => {
+        session.stop();
+        process.exitCode = sig === 'SIGINT' ? 130 : 143;
+      };
+      process.once('SIGINT', onSignal);
+      process.once('SIGTERM', onSignal);
+      await session.done;
+    });
+
+  const testbed = program.command('testbed').description('the built-in two-node test cluster, made of network namespaces');
+  testbed.command('up')
+    .description('build it (idempotent)')
+    .option('--cni <mode>', 'CNI mode', 'flannel-vxlan')
+    .option('--prefix <text>', 'prepended to every namespace name', '')
+    .option('--pod-mtu <bytes>', 'pod eth0 MTU (1500 reproduces the seed MTU case)', positiveInt('--pod-mtu'), 1450)
+    .action((o: { cni: string; prefix: string; podMtu: number }) => {
+      checkCni(o.cni);
+      requireRoot();
+      const s = testbedUp({ prefix: o.prefix, podMtu: o.podMtu });
+      process.stdout.write(`testbed up (${s.cni}): ${s.nodes.map((n) => `${n.netns} ${n.ip}`).join(', ')}; pods ${s.pods.map((p) => `${p.netns} ${p.ip}`).join(', ')}\n`);
+    });
+  testbed.command('down')
+    .description('remove it, also after a failed up')
+    .option('--prefix <text>', 'prepended to every namespace name', '')
+    .action((o: { prefix: string }) => {
+      requireRoot();
+      const removed = testbedDown(o.prefix);
+      process.stdout.write(removed.length ? `testbed down: removed ${removed.join(', ')}\n` : 'testbed down: nothing to remove\n');
+    });
+  testbed.command('status')
+    .description('say whether it is up')
+    .option('--prefix <text>', 'prepended to every namespace name', '')
+    .action((o: { prefix: string }) => {
+      const s = testbedStatus(o.prefix);
+      if (!s) {
+        process.stdout.write('testbed: down\n');
+        process.exitCode = 1;
+        return;
+      }
+      process.stdout.write(`testbed: up (${s.cni})\n`);
+      for (const n of s.nodes) process.stdout.write(`  node ${n.netns} ${n.ip} pods ${n.podCidr}\n`);
+      for (const p of s.pods) process.stdout.write(`  pod  ${p.netns} ${p.ip} on ${p.node}\n`);
+    });
+
+  program.command('cleanup')
+    .description('remove hooks a killed nettrace left behind (classic tc filters; tcx links go by themselves)')
+    .action(() => {
+      requireRoot();
+      const removed = cleanupEverywhere();
+      process.stdout.write(removed.length ? removed.map((r) => `removed ${r.hook} filter on ${r.device} in ${r.netns}\n`).join('') : 'cleanup: nothing left behind\n');
+    });
+  return program;
+}
+
+function fail(err: unknown): void {
+  detachAllLive();
+  if (err instanceof NettraceError) {
+    process.stderr.write(err.line() + '\n');
+    if (err.detail) process.stderr.write(err.detail.split('\n').map((l) => `  ${l}`).join('\n') + '\n');
+    process.exitCode = err.exitCode;
+  } else if (err instanceof CommanderError) {
+    process.exitCode = err.exitCode === 0 ? 0 : 2;
+  } else {
+    process.stderr.write(`nettrace: E_INTERNAL: ${(err as Error)?.stack ?? String(err)}; please report this\n`);
+    process.exitCode = 1;
+  }
+}
+
+process.on('uncaughtException', (err) => {
+  fail(err);
+  process.exit();
+});
+
+buildProgram().parseAsync(process.argv).catch(fail);

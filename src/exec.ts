@@ -1,0 +1,27 @@
+// Running system tools (ip, tc, sysctl) with errors that name the command.
+import { execFileSync } from 'node:child_process';
+import { NettraceError } from './errors';
+
+export function run(cmd: string, args: string[], opts: { allowFail?: boolean; input?: string } = {}): string {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'], input: opts.input });
+  } catch (err) {
+    if (opts.allowFail) return '';
+    const e = err as { stderr?: string; code?: string; message: string };
+    if (e.code === 'ENOENT') {
+      throw new NettraceError('NOT_FOUND', `${cmd} is not installed`, 'run `make deps` (Debian package iproute2)');
+    }
+    const why = (e.stderr ?? e.message).trim().split('\n')[0];
+    throw new NettraceError('INTERNAL', `\`${[cmd, ...args].join(' ')}\` failed: ${why}`, 'check the namespace and device exist');
+  }
+}
+
+/** `ip -j ...` parsed; ns null runs in nettrace's own namespace. */
+export function ipJson<T>(ns: string | null, args: string[]): T {
+  const out = run('ip', [...(ns ? ['-n', ns] : []), '-j', ...args]).trim();
+  return (out ? JSON.parse(out) : []) as T;
+}
+
+export function ip(ns: string | null, args: string[], allowFail = false): string {
+  return run('ip', [...(ns ? ['-n', ns] : []), ...args], { allowFail });
+}

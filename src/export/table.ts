@@ -1,0 +1,31 @@
+// follow -o table: one block a packet, one row a hop, for a person at a terminal.
+import type { PacketPath } from '../flow/path';
+
+export function formatDuration(ns: number): string {
+  if (ns < 1_000) return `${ns} ns`;
+  if (ns < 1_000_000) return `${(ns / 1_000).toFixed(1)} µs`;
+  return `${(ns / 1_000_000).toFixed(2)} ms`;
+}
+
+function packetLine(p: PacketPath): string {
+  const k = p.packet;
+  const ep = (a: string, port: number) => (port ? `${a}:${port}` : a);
+  const what = k.tcp_flags !== undefined
+    ? `seq ${k.seq} ack ${k.ack} [${k.tcp_flags}]`
+    : k.icmp_type !== undefined ? `icmp type ${k.icmp_type} id ${k.icmp_id} seq ${k.icmp_seq}` : '';
+  const segs = k.gso_segs > 1 ? ` ${k.gso_segs} segs` : '';
+  return `${p.direction.padEnd(7)} ${ep(k.src, k.sport)} -> ${ep(k.dst, k.dport)} ${p.flow.proto} ip-id ${k.ip_id} len ${k.len}${segs} ${what}`.trimEnd();
+}
+
+export function formatPathTable(p: PacketPath): string {
+  const rows = p.steps.map((h) => [
+    String(h.step), h.name, h.node, h.pod ? `${h.device}@${h.pod}` : h.device, h.hook, h === p.steps[0] ? '' : `+${formatDuration(h.latency_ns)}`,
+  ]);
+  const head = ['step', 'what', 'node', 'device', 'hook', 'latency'];
+  const widths = head.map((hd, i) => Math.max(hd.length, ...rows.map((r) => r[i]!.length)));
+  const line = (r: string[]) => '  ' + r.map((c, i) => (i === r.length - 1 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ');
+  const status = p.complete
+    ? `complete, ${p.steps.length} hops`
+    : `INCOMPLETE: ${p.drop?.reason ?? 'path stopped'}`;
+  return [packetLine(p), line(head), ...rows.map(line), `  total ${formatDuration(p.total_ns)}  ${status}`, ''].join('\n');
+}

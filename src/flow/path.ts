@@ -1,0 +1,31 @@
+// A packet's path as follow prints it: the JSON shape of design §5 (add fields, never rename).
+import type { Proto } from './spec';
+
+export interface HopView {
+  step: number;
+  name: string;
+  node: string;
+  device: string;
+  /** for a device on the pod side: the pod (its namespace) */
+  pod?: string;
+  hook: 'ingress' | 'egress';
+  ts_ns: number;
+  /** since the previous hop; 0 for the first */
+  latency_ns: number;
+}
+
+export interface PacketPath {
+  flow: { src: string; sport: number; dst: string; dport: number; proto: Proto };
+  direction: 'request' | 'reply';
+  packet: {
+    src: string; sport: number; dst: string; dport: number;
+    ip_id: number; len: number; payload_len: number;
+    seq?: number; ack?: number; tcp_flags?: string; icmp_type?: number; icmp_id?: number; icmp_seq?: number;
+    gso_segs: number; vni?: number;
+  };
+  steps: HopView[];
+  total_ns: number;
+  complete: boolean;
+  /** where an incomplete path stopped: the last hop that saw it */
+  drop: null | { step: number; device: string; node: string; reason: string };
+}

@@ -1,0 +1,60 @@
+// Put the hop programs on both hooks of every device of the path, inside each device's namespace.
+import { attachTc, attachTcx, inNetns, type Attachment, type BpfProgram, type TcDirection, type TcTag } from '../libbpf';
+import { NettraceError } from '../errors';
+import type { Device } from '../topology/model';
+
+export type AttachMechanism = 'tcx' | 'tc';
+
+/** Our classic-tc filters carry this handle and priority, so cleanup finds them. */
+export const TC_TAG: TcTag = { handle: 0x4e54, priority: 0x4e54 };
+
+export interface HookSet {
+  attachments: { device: Device; attachment: Attachment }[];
+  detach(): void;
+}
+
+const live = new Set<HookSet>();
+
+/** Detach everything still attached: for exit paths (signals, crashes of ours). */
+export function detachAllLive(): void {
+  for (const h of live) h.detach();
+}
+
+export function attachAll(devices: Device[], programs: Record<TcDirection, BpfProgram>, mechanism: AttachMechanism = 'tcx'): HookSet {
+  const attachments: HookSet['attachments'] = [];
+  const set: HookSet = {
+    attachments,
+    detach() {
+      // pod namespaces may be gone already; a tcx link fd closes regardless
+      for (const { device, attachment } of attachments.splice(0)) {
+        try {
+          inNetns(device.netns.path, () => attachment.detach());
+        } catch {
+          attachment.detach();
+        }
+      }
+      live.delete(set);
+    },
+  };
+  live.add(set);
+  try {
+    for (const device of devices) {
+      inNetns(device.netns.path, () => {
+        for (const dir of ['ingress', 'egress'] as const) {
+          const fd = programs[dir].fd;
+          try {
+            const a = mechanism === 'tcx' ? attachTcx(fd, device.ifindex, dir) : attachTc(fd, device.ifindex, dir, TC_TAG);
+            attachments.push({ device, attachment: a });
+          } catch (err) {
+            const e = err as NettraceError;
+            throw new NettraceError('BPF', `failed to attach to ${device.name} ${dir} in ${device.netns.name}: ${e.message}`, e.next ?? 'run `nettrace cleanup` and retry');
+          }
+        }
+      });
+    }
+  } catch (err) {
+    set.detach();
+    throw err;
+  }
+  return set;
+}

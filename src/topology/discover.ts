@@ -1,0 +1,93 @@
+// Discover a node's devices and pods from the node itself (links, addresses, routes), never by name.
+import { NettraceError } from '../errors';
+import { ipJson } from '../exec';
+import type { ClusterTopology, Device, NodeTopology, Pod } from './model';
+import { ipNs, namedNetns, type NetnsRef } from './netns';
+
+interface IpLink {
+  ifindex: number;
+  ifname: string;
+  mtu: number;
+  master?: string;
+  link_index?: number;
+  link_netnsid?: number;
+  linkinfo?: { info_kind?: string; info_data?: { id?: number; port?: number; local?: string } };
+}
+
+interface IpAddr {
+  ifindex: number;
+  ifname: string;
+  addr_info: { family: string; local: string; scope?: string }[];
+}
+
+interface IpRoute {
+  dst: string;
+  gateway?: string;
+  dev?: string;
+}
+
+function globalAddrs(addrs: IpAddr[], ifindex: number): string[] {
+  const a = addrs.find((x) => x.ifindex === ifindex);
+  return (a?.addr_info ?? []).filter((i) => (i.family === 'inet' || i.family === 'inet6') && i.scope !== 'link' && i.scope !== 'host').map((i) => i.local);
+}
+
+function device(node: string, netns: NetnsRef, link: IpLink, role: Device['role'], pod?: string): Device {
+  const d: Device = { node, netns, ifindex: link.ifindex, name: link.ifname, role, mtu: link.mtu };
+  if (pod) d.pod = pod;
+  const data = link.linkinfo?.info_data;
+  if (link.linkinfo?.info_kind === 'vxlan' && data) d.vxlan = { id: data.id ?? 0, port: data.port ?? 4789, local: data.local ?? '' };
+  return d;
+}
+
+/** The pod behind a host-side veth: the namespace its peer lives in, and the peer's addresses. */
+function podBehind(nodeName: string, hostVeth: Device, link: IpLink, nsNames: Map<number, string>, nodeNetns: Set<string>): Pod | null {
+  if (link.link_netnsid === undefined || link.link_index === undefined) return null;
+  const name = nsNames.get(link.link_netnsid);
+  if (!name || nodeNetns.has(name)) return null;
+  const netns = namedNetns(name);
+  const peer = ipJson<IpLink[]>(name, ['link', 'show']).find((l) => l.ifindex === link.link_index);
+  if (!peer) return null;
+  const ips = globalAddrs(ipJson<IpAddr[]>(name, ['addr', 'show']), peer.ifindex);
+  return { name, node: nodeName, netns, ips, eth: device(nodeName, netns, peer, 'pod', name), hostVeth: { ...hostVeth, pod: name } };
+}
+
+/** nodeNetns: names of all namespaces acting as nodes, so a veth between two nodes is not taken for a pod. */
+export function discoverNode(netns: NetnsRef, nodeNetns: Set<string> = new Set()): NodeTopology {
+  const ns = ipNs(netns);
+  const links = ipJson<IpLink[]>(ns, ['-d', 'link', 'show']);
+  const addrs = ipJson<IpAddr[]>(ns, ['addr', 'show']);
+  const routes = ipJson<IpRoute[]>(ns, ['route', 'show']);
+  const nsNames = new Map(ipJson<{ nsid: number; name?: string }[]>(ns, ['netns', 'list-id']).filter((x) => x.name).map((x) => [x.nsid, x.name!]));
+  const kind = (l: IpLink) => l.linkinfo?.info_kind;
+  const name = netns.name;
+
+  const tunnelLink = links.find((l) => kind(l) === 'vxlan');
+  const tunnel = tunnelLink ? device(name, netns, tunnelLink, 'tunnel') : null;
+  // the underlay carries the node IP: the tunnel's local address, else routes via other nodes, else the default route
+  const byAddr = tunnel?.vxlan?.local ? links.find((l) => globalAddrs(addrs, l.ifindex).includes(tunnel.vxlan!.local)) : undefined;
+  const viaGw = routes.find((r) => r.gateway && r.dev && r.dev !== tunnelLink?.ifname);
+  const underlayLink = byAddr ?? links.find((l) => l.ifname === viaGw?.dev) ?? links.find((l) => l.ifname === routes.find((r) => r.dst === 'default')?.dev);
+  const underlay = underlayLink ? device(name, netns, underlayLink, 'underlay') : null;
+
+  const pods: Pod[] = [];
+  let bridgeLink: IpLink | undefined;
+  for (const l of links) {
+    if (kind(l) !== 'veth' || l.ifindex === underlayLink?.ifindex) continue;
+    const pod = podBehind(name, device(name, netns, l, 'host-veth'), l, nsNames, nodeNetns);
+    if (!pod) continue;
+    pods.push(pod);
+    if (l.master) bridgeLink ??= links.find((b) => b.ifname === l.master && kind(b) === 'bridge');
+  }
+  bridgeLink ??= links.find((l) => kind(l) === 'bridge');
+  const nodeIp = tunnel?.vxlan?.local || (underlayLink ? globalAddrs(addrs, underlayLink.ifindex)[0] ?? null : null);
+  return { name, netns, ip: nodeIp, underlay, bridge: bridgeLink ? device(name, netns, bridgeLink, 'bridge') : null, tunnel, pods };
+}
+
+export function discoverCluster(nodes: NetnsRef[]): ClusterTopology {
+  const names = new Set(nodes.map((n) => n.name));
+  const topo = { nodes: nodes.map((n) => discoverNode(n, names)) };
+  if (topo.nodes.every((n) => !n.underlay && !n.bridge && !n.tunnel && n.pods.length === 0)) {
+    throw new NettraceError('NOT_FOUND', `no device to hook in ${[...names].join(', ')}`, 'name the namespaces that act as nodes with --nodes');
+  }
+  return topo;
+}

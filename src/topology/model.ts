@@ -1,0 +1,58 @@
+// What a node looks like to nettrace: its devices by role, its pods, and the nine steps (design §1).
+
+import type { NetnsRef } from './netns';
+
+export type DeviceRole = 'pod' | 'host-veth' | 'bridge' | 'tunnel' | 'underlay';
+
+export interface Device {
+  node: string;
+  netns: NetnsRef;
+  ifindex: number;
+  name: string;
+  role: DeviceRole;
+  mtu: number;
+  /** for pod and host-veth devices: the pod's name */
+  pod?: string;
+  vxlan?: { id: number; port: number; local: string };
+}
+
+export interface Pod {
+  name: string;
+  node: string;
+  netns: NetnsRef;
+  ips: string[];
+  eth: Device;
+  hostVeth: Device;
+}
+
+export interface NodeTopology {
+  name: string;
+  netns: NetnsRef;
+  /** the address the underlay carries (VXLAN local, or the underlay's first address) */
+  ip: string | null;
+  underlay: Device | null;
+  bridge: Device | null;
+  tunnel: Device | null;
+  pods: Pod[];
+}
+
+export interface ClusterTopology {
+  nodes: NodeTopology[];
+}
+
+/** Every device nettrace hooks, host and pod side. */
+export function allDevices(cluster: ClusterTopology): Device[] {
+  return cluster.nodes.flatMap((n) => [
+    ...[n.underlay, n.tunnel, n.bridge].filter((d): d is Device => d !== null),
+    ...n.pods.flatMap((p) => [p.hostVeth, p.eth]),
+  ]);
+}
+
+export function deviceKey(netnsIno: number, ifindex: number): string {
+  return `${netnsIno}:${ifindex}`;
+}
+
+export function findPodByIp(cluster: ClusterTopology, ip: string): Pod | undefined {
+  for (const n of cluster.nodes) for (const p of n.pods) if (p.ips.includes(ip)) return p;
+  return undefined;
+}

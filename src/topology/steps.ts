@@ -1,0 +1,49 @@
+// The nine steps of a cross-node packet (design §1) and where each is observed.
+import type { DeviceRole } from './model';
+
+export const STEP_NAMES: Record<number, string> = {
+  1: 'container sends',
+  2: 'veth pair',
+  3: 'bridge',
+  4: 'routing',
+  5: 'encapsulation',
+  6: 'physical network',
+  7: 'receive, decapsulate',
+  8: 'route to bridge',
+  9: 'veth to pod',
+};
+
+export type Hook = 'ingress' | 'egress';
+/** The sending pod's node is the source side, the receiving pod's the destination side. */
+export type Side = 'source' | 'destination';
+
+export interface HookPoint {
+  step: number;
+  /** position along the path: orders hops whatever the clocks say */
+  order: number;
+}
+
+const POINTS: Record<Side, Partial<Record<`${DeviceRole}/${Hook}`, HookPoint>>> = {
+  source: {
+    'pod/egress': { step: 1, order: 0 },
+    'host-veth/ingress': { step: 2, order: 1 },
+    'bridge/ingress': { step: 3, order: 2 },
+    'tunnel/egress': { step: 4, order: 3 },
+    'underlay/egress': { step: 5, order: 4 },
+  },
+  destination: {
+    'underlay/ingress': { step: 6, order: 5 },
+    'tunnel/ingress': { step: 7, order: 6 },
+    'bridge/egress': { step: 8, order: 7 },
+    'host-veth/egress': { step: 9, order: 8 },
+    'pod/ingress': { step: 9, order: 9 },
+  },
+};
+
+/** The step a packet is at when seen on a device of this role at this hook, or null off the path. */
+export function hookPoint(side: Side, role: DeviceRole, hook: Hook): HookPoint | null {
+  return POINTS[side][`${role}/${hook}`] ?? null;
+}
+
+/** The last hook of a path: seeing it there means the packet arrived. */
+export const FINAL_ORDER = 9;
