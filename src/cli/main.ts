@@ -61,17 +61,21 @@ function buildProgram(): Command {
       const flow = parseFlowSpec(o.flow, o.proto !== undefined ? parseProto(o.proto) : undefined);
       requireRoot();
       requireBtf();
+      // handlers first: a signal that lands while attaching must still detach everything
+      let stop: (() => void) | null = null;
+      const onSignal = (sig: NodeJS.Signals) => {
+        process.exitCode = sig === 'SIGINT' ? 130 : 143;
+        if (stop) stop();
+      };
+      process.once('SIGINT', onSignal);
+      process.once('SIGTERM', onSignal);
       const session = follow({
         flow, nodes: resolveNodes(o.nodes), output: o.output, count: o.count ?? null, timeoutS: o.timeout ?? null,
         graceMs: o.grace, attach: o.attach,
         write: (s) => process.stdout.write(s), log: (s) => process.stderr.write(s + '\n'),
       });
-      const onSignal = (sig: NodeJS.Signals) => {
-        session.stop();
-        process.exitCode = sig === 'SIGINT' ? 130 : 143;
-      };
-      process.once('SIGINT', onSignal);
-      process.once('SIGTERM', onSignal);
+      stop = session.stop;
+      if (process.exitCode) stop();
       await session.done;
     });
 

@@ -1,0 +1,15 @@
+// Privileged tests skip with a reason only when not root; under CI=true that skip is a failure.
+import type { TestContext } from 'node:test';
+
+export function isRoot(): boolean {
+  return process.getuid?.() === 0;
+}
+
+/** Call first in a privileged test; returns false when the test must stop (skipped). */
+export function needsRoot(t: TestContext): boolean {
+  if (isRoot()) return true;
+  const reason = 'needs root: BPF programs, network namespaces';
+  if (process.env.CI === 'true') throw new Error(`privileged test cannot run in CI without root (${reason})`);
+  t.skip(reason);
+  return false;
+}
