@@ -2,8 +2,8 @@
 import { existsSync } from 'node:fs';
 import { NettraceError } from '../errors';
 
-export function requireRoot(): void {
-  if (process.getuid?.() !== 0) {
+export function requireRoot(uid = process.getuid?.()): void {
+  if (uid !== 0) {
     throw new NettraceError('PERMISSION', 'nettrace must run as root to load BPF programs and enter namespaces', 'run it with sudo');
   }
 }

@@ -48,7 +48,7 @@ export function parseFlowSpec(text: string, proto?: Proto): FlowSpec {
   const src = endpoint(parts[0]!, 'source');
   const dst = endpoint(parts[1]!, 'destination');
   const family = isIPv4(src.addr) ? 4 : 6;
-  if ((isIPv4(dst.addr) ? 4 : 6) !== family) throw usageError('--flow: source and destination are of different IP families', 'use two IPv4 or two IPv6 addresses');
+  if ((isIPv4(dst.addr) ? 4 : 6) !== family) throw usageError('--flow: source and destination are of different IP families', `use two IPv4 or two IPv6 addresses, ${EXAMPLE}`);
   const p = proto ?? (src.port || dst.port ? 'tcp' : 'icmp');
   if (p === 'icmp' && (src.port || dst.port)) throw usageError('--flow: ICMP has no ports', 'drop the ports or pass --proto tcp|udp');
   return { src: src.addr, dst: dst.addr, sport: src.port, dport: dst.port, proto: p, family };

@@ -1,0 +1,34 @@
+// The decoder is generated from the object's BTF; this fails when bpf/nettrace.h changed and `make gen` was not run.
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+import { readLayout, renderModule, STRUCTS } from '../../../scripts/gen-record';
+import { decodeHopRecord, HOP_RECORD_FIELDS, HOP_RECORD_SIZE } from '../../../src/probe/layout.generated';
+
+const ROOT = path.resolve(__dirname, '../../../..');
+
+test('src/probe/layout.generated.ts matches the BTF of build/hop.bpf.o', () => {
+  const obj = path.join(ROOT, 'build/hop.bpf.o');
+  const fresh = renderModule(new Map(STRUCTS.map((s) => [s, readLayout(obj, s)])));
+  assert.equal(readFileSync(path.join(ROOT, 'src/probe/layout.generated.ts'), 'utf8'), fresh, 'run `make gen`');
+});
+
+test('decoding reads every field at its BTF offset, little endian', () => {
+  const buf = Buffer.alloc(HOP_RECORD_SIZE);
+  const F = HOP_RECORD_FIELDS;
+  buf.writeBigUInt64LE(123456789012345n, F.ts_ns.offset);
+  buf.writeUInt32LE(4026531840, F.netns_ino.offset);
+  buf.writeUInt16LE(40000, F.sport.offset);
+  buf.writeUInt32LE(0xfffffff0, F.seq.offset);
+  buf.set([10, 244, 1, 5], F.saddr.offset);
+  buf.writeUInt8(6, F.proto.offset);
+  const r = decodeHopRecord(new DataView(buf.buffer, buf.byteOffset, buf.length), 0);
+  assert.equal(r.ts_ns, 123456789012345);
+  assert.equal(r.netns_ino, 4026531840);
+  assert.equal(r.sport, 40000);
+  assert.equal(r.seq, 0xfffffff0);
+  assert.deepEqual([...r.saddr.subarray(0, 5)], [10, 244, 1, 5, 0]);
+  assert.equal(r.proto, 6);
+  assert.ok(!('_pad' in r));
+});
