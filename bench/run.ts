@@ -1,0 +1,150 @@
+// make bench: overhead of nettrace on pod-to-pod traffic, per-run cost of the hop program, and
+// decode speed, each against a baseline measured in the same run (these machines are noisy).
+import { spawn, spawnSync } from 'node:child_process';
+import { follow } from '../src/cli/follow';
+import { parseFlowSpec } from '../src/flow/spec';
+import { BpfObject, testRun } from '../src/libbpf';
+import { attachAll } from '../src/probe/attach';
+import { HopProbe } from '../src/probe/hop';
+import { decodeHopRecord, HOP_RECORD_SIZE } from '../src/probe/layout.generated';
+import { bpfObjectPath } from '../src/probe/paths';
+import { testbedDown, testbedUp } from '../src/testbed/flannelVxlan';
+import { discoverCluster } from '../src/topology/discover';
+import { allDevices } from '../src/topology/model';
+import { namedNetns } from '../src/topology/netns';
+import { ipBytes, ether, ipv4 } from '../test/helpers/packets';
+
+const PREFIX = 'ntbench-';
+const A = '10.244.1.5';
+const B = '10.244.2.8';
+const ROUNDS = 5;
+const SECONDS = 2;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+function iperf(ns: string, args: string[]): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const c = spawn('ip', ['netns', 'exec', ns, 'iperf3', '-c', B, '-t', String(SECONDS), '-J', ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    c.on('exit', (code) => {
+      if (code !== 0) return reject(new Error(`iperf3 exited ${code}: ${out.slice(0, 300)}`));
+      const j = JSON.parse(out) as { end: { sum_received?: { bits_per_second: number }; sum?: { packets: number; seconds: number; lost_packets: number } } };
+      resolve(args.includes('-u') ? (j.end.sum!.packets - j.end.sum!.lost_packets) / j.end.sum!.seconds : j.end.sum_received!.bits_per_second);
+    });
+  });
+}
+
+type Mode = 'none' | 'empty' | 'miss' | 'followed';
+
+async function withMode<T>(mode: Mode, nodes: string[], fn: () => Promise<T>): Promise<T> {
+  if (mode === 'none') return fn();
+  const refs = nodes.map(namedNetns);
+  if (mode === 'empty') {
+    const obj = BpfObject.open(bpfObjectPath('empty'));
+    obj.load();
+    const prog = obj.program('nt_empty');
+    const hooks = attachAll(allDevices(discoverCluster(refs)), { ingress: prog, egress: prog });
+    try {
+      return await fn();
+    } finally {
+      hooks.detach();
+      obj.close();
+    }
+  }
+  let paths = 0;
+  const flow = parseFlowSpec(mode === 'miss' ? `${A} -> ${B}:9` : `${A} -> ${B}:5201`, 'tcp');
+  const session = follow({ flow, nodes: refs, output: 'json', count: null, timeoutS: null, graceMs: 1000, attach: 'tcx', write: () => paths++, log: () => {} });
+  try {
+    return await fn();
+  } finally {
+    session.stop();
+    await session.done;
+  }
+}
+
+async function throughput(nodes: string[], podA: string): Promise<void> {
+  const modes: Mode[] = ['none', 'empty', 'miss', 'followed'];
+  const tcp: Record<Mode, number[]> = { none: [], empty: [], miss: [], followed: [] };
+  for (let r = 0; r < ROUNDS; r++) {
+    for (const m of modes) tcp[m].push(await withMode(m, nodes, () => iperf(podA, [])));
+  }
+  const med = Object.fromEntries(modes.map((m) => [m, median(tcp[m])])) as Record<Mode, number>;
+  console.log(`iperf3 TCP pod A -> pod B, ${ROUNDS} interleaved rounds of ${SECONDS}s, medians:`);
+  for (const m of modes) console.log(`  ${m.padEnd(9)} ${(med[m] / 1e9).toFixed(2)} Gbit/s  (rounds: ${tcp[m].map((x) => (x / 1e9).toFixed(2)).join(' ')})`);
+  console.log(`  filter miss / empty programs (goal >= 0.98): ${(med.miss / med.empty).toFixed(3)}`);
+  console.log(`  followed flow / no programs  (goal >= 0.90): ${(med.followed / med.none).toFixed(3)}`);
+  console.log(`  empty programs / no programs:                ${(med.empty / med.none).toFixed(3)}`);
+}
+
+function perRun(): void {
+  const probe = HopProbe.load({ vxlanPorts: [8472] });
+  const empty = BpfObject.open(bpfObjectPath('empty'));
+  empty.load();
+  probe.follow({ family: 4, proto: 6, saddr: ipBytes(A), daddr: ipBytes(B), sport: 0, dport: 80, flowId: 1, direction: 'request' });
+  const miss = ether(ipv4('10.0.0.1', B, { proto: 'tcp', dport: 80 }));
+  const hit = ether(ipv4(A, B, { proto: 'tcp', dport: 80 }));
+  const runs = { empty: [] as number[], miss: [] as number[], hit: [] as number[] };
+  for (let r = 0; r < ROUNDS; r++) {
+    runs.empty.push(testRun(empty.program('nt_empty').fd, miss, 1_000_000).durationNs);
+    runs.miss.push(testRun(probe.ingress.fd, miss, 1_000_000).durationNs);
+    runs.hit.push(testRun(probe.ingress.fd, hit, 20_000).durationNs);
+    probe.drain(() => {});
+  }
+  const e = median(runs.empty);
+  const m = median(runs.miss);
+  const h = median(runs.hit);
+  console.log('ns per program run (BPF_PROG_TEST_RUN, kernel-measured, includes the test harness):');
+  console.log(`  empty program ${e} ns, miss ${m} ns (+${m - e} over empty; goal <= 50), hit ${h} ns (+${h - e}, writes a record)`);
+  probe.close();
+  empty.close();
+}
+
+function decodeRate(): void {
+  const n = 1_000_000;
+  const buf = Buffer.alloc(n * HOP_RECORD_SIZE);
+  for (let i = 0; i < n; i++) buf.writeUInt32LE(i, i * HOP_RECORD_SIZE + 60);
+  const view = new DataView(buf.buffer, buf.byteOffset, buf.length);
+  const rate = (fn: (o: number) => number): number => {
+    const rates: number[] = [];
+    for (let r = 0; r < ROUNDS; r++) {
+      let sink = 0;
+      const t0 = process.hrtime.bigint();
+      for (let i = 0; i < n; i++) sink += fn(i * HOP_RECORD_SIZE);
+      const dt = Number(process.hrtime.bigint() - t0) / 1e9;
+      if (sink === -1) console.log('');
+      rates.push(n / dt);
+    }
+    return median(rates);
+  };
+  const base = rate((o) => view.getUint32(o + 60, true));
+  const full = rate((o) => decodeHopRecord(view, o).seq);
+  console.log(`records decoded: ${(full / 1e6).toFixed(1)} M/s (goal >= 5); baseline one field a record ${(base / 1e6).toFixed(1)} M/s; ratio ${(full / base).toFixed(3)}`);
+}
+
+async function main(): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error('make bench needs root');
+  perRun();
+  decodeRate();
+  testbedDown(PREFIX);
+  const tb = testbedUp({ prefix: PREFIX });
+  const podA = tb.pods[0]!.netns;
+  const server = spawn('ip', ['netns', 'exec', tb.pods[1]!.netns, 'iperf3', '-s'], { stdio: 'ignore' });
+  try {
+    await new Promise((r) => setTimeout(r, 500));
+    await throughput(tb.nodes.map((n) => n.netns), podA);
+  } finally {
+    server.kill('SIGKILL');
+    testbedDown(PREFIX);
+    spawnSync('true');
+  }
+}
+
+main().catch((err: Error) => {
+  testbedDown(PREFIX);
+  console.error(`bench failed: ${err.message}`);
+  process.exit(1);
+});
