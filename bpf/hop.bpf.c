@@ -16,7 +16,6 @@
 #define ETH_P_8021Q 0x8100
 #define ETH_P_8021AD 0x88A8
 #define NT_IPPROTO_ICMPV6 58
-#define RB_WAKEUP_BYTES (256 * 1024)
 
 /* Packet headers as on the wire. Declared here, not taken from vmlinux.h,
  * so that reading a stack copy needs no CO-RE relocation. */
@@ -237,7 +236,6 @@ static __always_inline __u32 parse_vxlan(struct __sk_buff *skb, int *l4off, stru
 static __always_inline void emit(struct __sk_buff *skb, struct nt_hop_record *r)
 {
 	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
-	__u64 flags = BPF_RB_NO_WAKEUP;
 	__u32 zero = 0;
 	__u64 *lost;
 
@@ -246,10 +244,9 @@ static __always_inline void emit(struct __sk_buff *skb, struct nt_hop_record *r)
 	r->ifindex = skb->ifindex;
 	r->skb_len = skb->len;
 	r->gso_segs = skb->gso_segs;
-	/* wake a poller only when much is pending: wakeups per record cost throughput */
-	if (bpf_ringbuf_query(&nt_records, BPF_RB_AVAIL_DATA) > RB_WAKEUP_BYTES)
-		flags = BPF_RB_FORCE_WAKEUP;
-	if (bpf_ringbuf_output(&nt_records, r, sizeof(*r), flags)) {
+	/* never a wakeup: the reader drains the mapped ring on a timer, and a wakeup
+	 * (irq_work) per record costs more than the rest of the program */
+	if (bpf_ringbuf_output(&nt_records, r, sizeof(*r), BPF_RB_NO_WAKEUP)) {
 		lost = bpf_map_lookup_elem(&nt_lost, &zero);
 		if (lost)
 			*lost += 1;

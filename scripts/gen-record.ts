@@ -97,7 +97,7 @@ function renderDecoder(layout: Layout): string {
       case 'u32': return `v.getUint32(${at}, true)`;
       // ns since boot: exact below 2^53 (104 days of uptime), then to within a few ns
       case 'u64': return `v.getUint32(${at}, true) + v.getUint32(${at} + 4, true) * 4294967296`;
-      case 'bytes': return `new Uint8Array(v.buffer.slice(v.byteOffset + ${at}, v.byteOffset + ${at} + ${f.length}))`;
+      case 'bytes': return `b.slice(${at}, ${at} + ${f.length})`;
       default: throw new Error(`no decoder for ${f.kind} (${f.name})`);
     }
   };
@@ -106,7 +106,16 @@ function renderDecoder(layout: Layout): string {
     ...visible.map((f) => `  ${f.name}: ${tsType(f)};`),
     '}',
     '',
+    '// byte view of the last DataView decoded from: one view per ring, not one per record',
+    'let lastView: DataView | null = null;',
+    'let lastBytes: Uint8Array = new Uint8Array(0);',
+    '',
     'export function decodeHopRecord(v: DataView, o: number): HopRecord {',
+    '  if (v !== lastView) {',
+    '    lastView = v;',
+    '    lastBytes = new Uint8Array(v.buffer, v.byteOffset, v.byteLength);',
+    '  }',
+    '  const b = lastBytes;',
     '  return {',
     ...visible.map((f) => `    ${f.name}: ${read(f)},`),
     '  };',

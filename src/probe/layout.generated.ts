@@ -78,15 +78,24 @@ export interface HopRecord {
   icmp_type: number;
 }
 
+// byte view of the last DataView decoded from: one view per ring, not one per record
+let lastView: DataView | null = null;
+let lastBytes: Uint8Array = new Uint8Array(0);
+
 export function decodeHopRecord(v: DataView, o: number): HopRecord {
+  if (v !== lastView) {
+    lastView = v;
+    lastBytes = new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  }
+  const b = lastBytes;
   return {
     ts_ns: v.getUint32(o + 0, true) + v.getUint32(o + 0 + 4, true) * 4294967296,
     netns_ino: v.getUint32(o + 8, true),
     ifindex: v.getUint32(o + 12, true),
     flow_id: v.getUint32(o + 16, true),
     skb_len: v.getUint32(o + 20, true),
-    saddr: new Uint8Array(v.buffer.slice(v.byteOffset + o + 24, v.byteOffset + o + 24 + 16)),
-    daddr: new Uint8Array(v.buffer.slice(v.byteOffset + o + 40, v.byteOffset + o + 40 + 16)),
+    saddr: b.slice(o + 24, o + 24 + 16),
+    daddr: b.slice(o + 40, o + 40 + 16),
     sport: v.getUint16(o + 56, true),
     dport: v.getUint16(o + 58, true),
     seq: v.getUint32(o + 60, true),
