@@ -10,6 +10,8 @@ export interface Attachment {
   readonly mechanism: 'tcx' | 'tc';
   readonly ifindex: number;
   readonly direction: TcDirection;
+  /** classic tc only: this attach created the clsact qdisc, so it is ours to remove */
+  readonly ownsQdisc: boolean;
   detach(): void;
 }
 
@@ -32,7 +34,7 @@ export function attachTcx(progFd: number, ifindex: number, direction: TcDirectio
   if (fd < 0) throw bpfError(`tcx ${direction} attach to ifindex ${ifindex}`, fd, 'tcx needs kernel 6.6+; use --attach tc on older kernels');
   let open = true;
   return {
-    mechanism: 'tcx', ifindex, direction,
+    mechanism: 'tcx', ifindex, direction, ownsQdisc: false,
     detach() {
       if (open) c.close(fd);
       open = false;
@@ -63,7 +65,7 @@ export function attachTc(progFd: number, ifindex: number, direction: TcDirection
   if (ret < 0) throw bpfError(`tc ${direction} attach to ifindex ${ifindex}`, ret, 'run `nettrace cleanup` to remove leftovers, then retry');
   let attached = true;
   return {
-    mechanism: 'tc', ifindex, direction,
+    mechanism: 'tc', ifindex, direction, ownsQdisc: created === 0,
     detach() {
       if (attached) detachTc(ifindex, direction, tag);
       attached = false;

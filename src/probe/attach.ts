@@ -1,12 +1,10 @@
 // Put the hop programs on both hooks of every device of the path, inside each device's namespace.
-import { attachTc, attachTcx, inNetns, type Attachment, type BpfProgram, type TcDirection, type TcTag } from '../libbpf';
+import { attachTc, attachTcx, destroyClsact, inNetns, type Attachment, type BpfProgram, type TcDirection } from '../libbpf';
 import { NettraceError } from '../errors';
 import type { Device } from '../topology/model';
+import { hasTcFilters, TC_TAG } from './tctag';
 
 export type AttachMechanism = 'tcx' | 'tc';
-
-/** Our classic-tc filters carry this handle and priority, so cleanup finds them. */
-export const TC_TAG: TcTag = { handle: 0x4e54, priority: 0x4e54 };
 
 export interface HookSet {
   attachments: { device: Device; attachment: Attachment }[];
@@ -26,11 +24,21 @@ export function attachAll(devices: Device[], programs: Record<TcDirection, BpfPr
     attachments,
     detach() {
       // pod namespaces may be gone already; a tcx link fd closes regardless
-      for (const { device, attachment } of attachments.splice(0)) {
+      const detached = attachments.splice(0);
+      for (const { device, attachment } of detached) {
         try {
           inNetns(device.netns.path, () => attachment.detach());
         } catch {
           attachment.detach();
+        }
+      }
+      // a clsact qdisc we created goes too, once no filter (ours or another tool's) is left on it
+      for (const { device } of detached.filter((d) => d.attachment.ownsQdisc)) {
+        try {
+          const ns = device.netns.path ? device.netns.name : null;
+          if (!hasTcFilters(ns, device.name)) inNetns(device.netns.path, () => destroyClsact(device.ifindex));
+        } catch {
+          // the namespace is gone, and the qdisc with it
         }
       }
       live.delete(set);

@@ -1,19 +1,14 @@
 // Remove what a killed nettrace may have left: our tagged classic-tc filters (tcx links die with
 // their process and need nothing). Looks in every named namespace and our own.
 import { destroyClsact, detachTc, inNetns } from '../libbpf';
-import { ipJson, run } from '../exec';
+import { ipJson } from '../exec';
 import { currentNetns, listNamedNetns, type NetnsRef, namedNetns } from '../topology/netns';
-import { TC_TAG } from './attach';
+import { hasTcFilters, TC_TAG } from './tctag';
 
 export interface Removed {
   netns: string;
   device: string;
   hook: 'ingress' | 'egress';
-}
-
-function hasFilters(ns: string | null, dev: string): boolean {
-  const args = (dir: string) => [...(ns ? ['-n', ns] : []), 'filter', 'show', 'dev', dev, dir];
-  return ['ingress', 'egress'].some((d) => run('tc', args(d), { allowFail: true }).trim() !== '');
 }
 
 export function cleanupNetns(ns: NetnsRef): Removed[] {
@@ -30,7 +25,7 @@ export function cleanupNetns(ns: NetnsRef): Removed[] {
         }
       }
       // the clsact qdisc goes too when nothing else uses it
-      if (ours && !hasFilters(nsArg, l.ifname)) destroyClsact(l.ifindex);
+      if (ours && !hasTcFilters(nsArg, l.ifname)) destroyClsact(l.ifindex);
     }
   });
   return removed;

@@ -158,7 +158,7 @@ test('nothing stays attached after follow ends, is killed with -9, or after clea
   const tb = withTestbed(t);
   const ours = () => spawnSync('bpftool', ['prog', 'show'], { encoding: 'utf8' }).stdout.match(/name nt_(ingress|egress)/g)?.length ?? 0;
   const before = ours();
-  const tcFilters = () => tb.nodes.concat().flatMap((n) => ['eth0', 'cni0', 'flannel.1'].flatMap((dev) => ['ingress', 'egress']
+  const tcFilters = () => tb.nodes.flatMap((n) => ['eth0', 'cni0', 'flannel.1'].flatMap((dev) => ['ingress', 'egress']
     .map((dir) => spawnSync('tc', ['-n', n.netns, 'filter', 'show', 'dev', dev, dir], { encoding: 'utf8' }).stdout.trim()))).join('');
 
   // tcx: SIGKILL closes the link fds, the kernel detaches
@@ -189,6 +189,8 @@ test('nothing stays attached after follow ends, is killed with -9, or after clea
   h.child.kill('SIGTERM');
   assert.equal(await h.exited, 143);
   assert.equal(tcFilters(), '');
+  const qdiscs = tb.nodes.map((n) => spawnSync('tc', ['-n', n.netns, 'qdisc', 'show'], { encoding: 'utf8' }).stdout).join('');
+  assert.doesNotMatch(qdiscs, /clsact/, 'the clsact qdiscs nettrace created must go on exit');
   await sleep(300);
   assert.equal(ours(), before);
 });
