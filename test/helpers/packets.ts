@@ -1,15 +1,8 @@
 // Crafted packets for BPF_PROG_TEST_RUN: Ethernet, VLAN, IPv4/IPv6, TCP/UDP/ICMP, VXLAN.
-import { isIPv4 } from 'node:net';
+import { ipBytesOf } from '../../src/probe/addr';
 
 export function ipBytes(addr: string): Buffer {
-  if (isIPv4(addr)) return Buffer.from(addr.split('.').map(Number));
-  const [head, tail] = addr.split('::') as [string, string | undefined];
-  const h = head ? head.split(':') : [];
-  const t = tail !== undefined && tail !== '' ? tail.split(':') : [];
-  const groups = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill('0'), ...t];
-  const b = Buffer.alloc(16);
-  groups.forEach((g, i) => b.writeUInt16BE(parseInt(g, 16), i * 2));
-  return b;
+  return Buffer.from(ipBytesOf(addr));
 }
 
 export interface L4 {

@@ -1,7 +1,9 @@
 // Path rebuild from recorded hop records on a two-node topology given as data.
 import assert from 'node:assert/strict';
+import { SocketAddress } from 'node:net';
 import { test } from 'node:test';
-import { PathAssembler } from '../../../src/flow/assemble';
+import { addrString, PathAssembler } from '../../../src/flow/assemble';
+import { ipBytesOf } from '../../../src/probe/addr';
 import { parseFlowSpec } from '../../../src/flow/spec';
 import type { HopRecord } from '../../../src/probe/layout.generated';
 import type { ClusterTopology, Device, NodeTopology } from '../../../src/topology/model';
@@ -78,4 +80,11 @@ test('hops on devices not in the topology, or another pod\'s veth, are ignored',
   assert.equal(a.add(rec(9999, 2, 0, 1)), null);
   assert.equal(a.add(rec(2001, 2, 1, 1, { saddr: Uint8Array.from([10, 244, 1, 99, ...Array(12).fill(0)]) })), null);
   assert.equal(a.pendingCount, 0);
+});
+
+test('addresses print as Node formats them, IPv6 compressed per RFC 5952', () => {
+  for (const a of ['fd00:244:1::5', '::1', '::', 'fe80::1:0:0:1', '2001:db8:0:1:1:1:1:1', '1:0:0:2::3']) {
+    assert.equal(addrString(ipBytesOf(a), 6), new SocketAddress({ address: a, family: 'ipv6' }).address, a);
+  }
+  assert.equal(addrString(Uint8Array.from([10, 244, 1, 5]), 4), '10.244.1.5');
 });
