@@ -23,7 +23,7 @@ build/vmlinux.h:
 	@echo "  GEN   $@"
 	$(Q)bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@
 
-build/%.bpf.o: bpf/%.bpf.c bpf/nettrace.h build/vmlinux.h
+build/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h) build/vmlinux.h
 	@echo "  BPF   $@"
 	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
@@ -35,7 +35,7 @@ dist/.stamp: $(TS_SRC) tsconfig.json package-lock.json
 build: $(BPF_OBJ) dist/.stamp ## compile the BPF objects and the TypeScript
 
 gen: $(BPF_OBJ) dist/.stamp ## regenerate src/probe/layout.generated.ts from the object's BTF
-	$(Q)node dist/scripts/gen-record.js build/hop.bpf.o src/probe/layout.generated.ts
+	$(Q)node dist/scripts/gen-record.js src/probe/layout.generated.ts build/hop.bpf.o build/agent.bpf.o
 	$(Q)npx --no-install tsc -p tsconfig.json
 
 demo: deps build ## bring up the two-node test cluster, curl pod B from pod A, show the nine steps, take it down

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * The one definition of everything the kernel side and userspace share.
- * Fixed-width fields with explicit padding: src/flow/record.generated.ts is
+ * Fixed-width fields with explicit padding: src/probe/layout.generated.ts is
  * generated from this layout as it lands in the object's BTF (make gen).
  */
 #ifndef NETTRACE_H
@@ -19,6 +19,35 @@ enum nt_direction {
 	NT_DIR_REQUEST = 0,
 	NT_DIR_REPLY = 1,
 };
+
+enum nt_record_kind {
+	NT_REC_HOP = 0,		/* a packet seen at a tc hook */
+	NT_REC_DROP = 1,	/* a packet freed with a drop reason (tp_btf/kfree_skb) */
+	NT_REC_RETRANS = 2,	/* a TCP retransmit (tp_btf/tcp_retransmit_skb); gso_segs = segments */
+};
+
+/*
+ * The ten hook points of a cross-node path in the order a packet meets them
+ * (design §1); a node sees 0-4 of a packet it sends and 5-9 of one it receives.
+ * src/topology/steps.ts maps (role, hook) to these and to steps 1-9.
+ */
+enum nt_order {
+	NT_ORDER_POD_EGRESS = 0,	/* step 1 */
+	NT_ORDER_VETH_INGRESS = 1,	/* step 2 */
+	NT_ORDER_BRIDGE_INGRESS = 2,	/* step 3 */
+	NT_ORDER_TUNNEL_EGRESS = 3,	/* step 4 */
+	NT_ORDER_UNDERLAY_EGRESS = 4,	/* step 5 */
+	NT_ORDER_UNDERLAY_INGRESS = 5,	/* step 6 */
+	NT_ORDER_TUNNEL_INGRESS = 6,	/* step 7 */
+	NT_ORDER_BRIDGE_EGRESS = 7,	/* step 8 */
+	NT_ORDER_VETH_EGRESS = 8,	/* step 9 */
+	NT_ORDER_POD_INGRESS = 9,	/* step 9 */
+	NT_ORDER_COUNT = 10,
+	NT_ORDER_NONE = 0xff,
+};
+
+/* Latency histograms: log2 buckets of nanoseconds, bucket b counts [2^b, 2^(b+1)). */
+#define NT_LAT_BUCKETS 64
 
 enum nt_record_flags {
 	NT_F_ENCAP = 1,	/* seen through a VXLAN header: the key is the inner packet's */
@@ -67,12 +96,45 @@ struct nt_hop_record {
 	__u8 flags;		/* enum nt_record_flags */
 	__u8 tcp_flags;
 	__u8 icmp_type;
-	__u8 _pad;
+	__u8 kind;		/* enum nt_record_kind */
+	__u16 reason;		/* NT_REC_DROP: the kernel's enum skb_drop_reason */
+	__u8 order;		/* agent: the hook's place on the path (NT_ORDER_*), NT_ORDER_NONE if off it */
+	__u8 _pad[5];
+};
+
+/* Agent: drops counted by kernel reason and by where the packet was last seen. */
+struct nt_drop_key {
+	__u32 reason;		/* enum skb_drop_reason */
+	__u8 order;		/* last hook seen on this node, NT_ORDER_NONE if not on a path */
+	__u8 _pad[3];
+};
+
+/* Agent: TCP retransmits by flow, from the socket (addresses as in nt_flow_key). */
+struct nt_retrans_key {
+	__u8 saddr[NT_ADDR_LEN];
+	__u8 daddr[NT_ADDR_LEN];
+	__u16 sport;		/* host order */
+	__u16 dport;
+	__u8 family;
+	__u8 _pad[3];
+};
+
+struct nt_retrans_value {
+	__u64 retransmits;	/* tracepoint hits: one per retransmitted skb */
+	__u64 segments;		/* sum of their gso_segs: what went on the wire again */
+};
+
+/* Agent: where a packet was last seen on this node (LRU by packet hash). */
+struct nt_seen {
+	__u64 ts_ns;
+	__u32 order;
+	__u32 _pad;
 };
 
 /* Read-only settings, fixed before load. */
 struct nt_config {
 	__u16 vxlan_ports[NT_MAX_VXLAN_PORTS];	/* host order; 0 = unused */
+	__u32 sample_every;	/* agent: a packet is sampled iff hash % sample_every == 0; 0 = none */
 };
 
 #endif

@@ -1,11 +1,12 @@
 // Generates the TypeScript decoder of struct nt_hop_record from a BPF object's BTF,
 // so the record layout is defined once, in bpf/nettrace.h (STYLE §2).
-//   node dist/scripts/gen-record.js build/hop.bpf.o src/probe/layout.generated.ts
+//   node dist/scripts/gen-record.js src/probe/layout.generated.ts build/hop.bpf.o build/agent.bpf.o
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 
 interface BtfType {
   id: number; kind: string; name?: string; size?: number; type_id?: number; nr_elems?: number; encoding?: string;
+  values?: { name: string; val: number }[];
   members?: { name: string; type_id: number; bits_offset: number; bitfield_size?: number }[];
 }
 
@@ -19,15 +20,33 @@ export interface Field {
 
 const STRUCT = 'nt_hop_record';
 
-export function readLayout(objectPath: string, structName = STRUCT): { size: number; fields: Field[] } {
-  const json = execFileSync('bpftool', ['btf', 'dump', 'file', objectPath, '-j'], { encoding: 'utf8', maxBuffer: 256 << 20 });
-  const types = new Map<number, BtfType>();
-  for (const t of (JSON.parse(json) as { types: BtfType[] }).types) types.set(t.id, t);
-  const st = [...types.values()].find((t) => t.kind === 'STRUCT' && t.name === structName);
-  if (!st || !st.members) throw new Error(`struct ${structName} is not in ${objectPath}'s BTF`);
+const btfCache = new Map<string, Map<number, BtfType>>();
+
+function btfTypes(objectPath: string): Map<number, BtfType> {
+  let types = btfCache.get(objectPath);
+  if (!types) {
+    const json = execFileSync('bpftool', ['btf', 'dump', 'file', objectPath, '-j'], { encoding: 'utf8', maxBuffer: 256 << 20 });
+    types = new Map<number, BtfType>();
+    for (const t of (JSON.parse(json) as { types: BtfType[] }).types) types.set(t.id, t);
+    btfCache.set(objectPath, types);
+  }
+  return types;
+}
+
+/** The struct's layout from the first object whose BTF has it. */
+export function readLayout(objectPaths: string[], structName = STRUCT): { size: number; fields: Field[] } {
+  let types: Map<number, BtfType> | undefined;
+  let st: BtfType | undefined;
+  for (const obj of objectPaths) {
+    types = btfTypes(obj);
+    st = [...types.values()].find((t) => t.kind === 'STRUCT' && t.name === structName);
+    if (st) break;
+  }
+  if (!types || !st || !st.members) throw new Error(`struct ${structName} is not in the BTF of ${objectPaths.join(', ')}`);
+  const typesOf = types;
   const resolve = (id: number): BtfType => {
-    let t = types.get(id);
-    while (t && (t.kind === 'TYPEDEF' || t.kind === 'VOLATILE' || t.kind === 'CONST')) t = types.get(t.type_id ?? -1);
+    let t = typesOf.get(id);
+    while (t && (t.kind === 'TYPEDEF' || t.kind === 'VOLATILE' || t.kind === 'CONST')) t = typesOf.get(t.type_id ?? -1);
     if (!t) throw new Error(`BTF type ${id} not found`);
     return t;
   };
@@ -51,13 +70,39 @@ export function readLayout(objectPath: string, structName = STRUCT): { size: num
   return { size: st.size ?? 0, fields };
 }
 
+/** An enum's constants from the first object whose BTF has it. */
+export function readEnum(objectPaths: string[], enumName: string): [string, number][] {
+  for (const obj of objectPaths) {
+    const e = [...btfTypes(obj).values()].find((t) => t.kind === 'ENUM' && t.name === enumName);
+    if (!e?.values) continue;
+    // the values' common prefix up to an underscore: NT_ORDER_POD_EGRESS -> POD_EGRESS
+    let prefix = e.values[0]?.name ?? '';
+    for (const v of e.values) while (!v.name.startsWith(prefix)) prefix = prefix.slice(0, -1);
+    prefix = prefix.slice(0, prefix.lastIndexOf('_') + 1);
+    return e.values.map((v) => [v.name.slice(prefix.length), v.val]);
+  }
+  throw new Error(`enum ${enumName} is not in the BTF of ${objectPaths.join(', ')}`);
+}
+
+export const ENUMS = ['nt_order', 'nt_record_kind', 'nt_hook'] as const;
+
+function renderEnum(name: string, values: [string, number][]): string[] {
+  return [`export const ${constName(name)} = {`, ...values.map(([k, v]) => `  ${k}: ${v},`), '} as const;', ''];
+}
+
 export interface Layout {
   size: number;
   fields: Field[];
 }
 
 /** Structs of bpf/nettrace.h whose layout userspace needs; the first one gets a decoder. */
-export const STRUCTS = ['nt_hop_record', 'nt_flow_key', 'nt_flow_rule', 'nt_config'] as const;
+export const STRUCTS = [
+  'nt_hop_record', 'nt_flow_key', 'nt_flow_rule', 'nt_config',
+  'nt_drop_key', 'nt_retrans_key', 'nt_retrans_value', 'nt_seen',
+] as const;
+
+/** The objects whose BTF the structs are read from, in the order searched. */
+export const OBJECTS = ['build/hop.bpf.o', 'build/agent.bpf.o'] as const;
 
 function constName(struct: string): string {
   return struct.replace(/^nt_/, '').toUpperCase();
@@ -74,13 +119,14 @@ function renderLayout(struct: string, layout: Layout): string[] {
   ];
 }
 
-export function renderModule(layouts: Map<string, Layout>): string {
+export function renderModule(layouts: Map<string, Layout>, enums: Map<string, [string, number][]> = new Map()): string {
   const hop = layouts.get(STRUCT);
   if (!hop) throw new Error(`no layout for ${STRUCT}`);
   return [
-    '// GENERATED by scripts/gen-record.ts from the BTF of build/hop.bpf.o (structs of bpf/nettrace.h).',
+    `// GENERATED by scripts/gen-record.ts from the BTF of ${OBJECTS.join(' and ')} (structs of bpf/nettrace.h).`,
     '// Do not edit: change bpf/nettrace.h and run `make gen`. test/unit/probe/layout.test.ts checks it is current.',
     '',
+    ...[...enums].flatMap(([name, values]) => renderEnum(name, values)),
     ...[...layouts].flatMap(([struct, layout]) => renderLayout(struct, layout)),
     renderDecoder(hop),
   ].join('\n');
@@ -125,11 +171,11 @@ function renderDecoder(layout: Layout): string {
 }
 
 if (require.main === module) {
-  const [obj, out] = process.argv.slice(2);
-  if (!obj || !out) {
-    process.stderr.write('usage: gen-record OBJECT OUT.ts\n');
+  const [out, ...objs] = process.argv.slice(2);
+  if (!out || objs.length === 0) {
+    process.stderr.write('usage: gen-record OUT.ts OBJECT...\n');
     process.exit(2);
   }
-  writeFileSync(out, renderModule(new Map(STRUCTS.map((st) => [st, readLayout(obj, st)]))));
+  writeFileSync(out, renderModule(new Map(STRUCTS.map((st) => [st, readLayout(objs, st)])), new Map(ENUMS.map((e) => [e, readEnum(objs, e)]))));
   process.stdout.write(`  GEN   ${out}\n`);
 }

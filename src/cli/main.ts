@@ -5,7 +5,10 @@ import { parseFlowSpec, parseProto } from '../flow/spec';
 import { detachAllLive } from '../probe/attach';
 import { cleanupEverywhere } from '../probe/cleanup';
 import { CNI_MODES, testbedDown, testbedStatus, testbedUp } from '../testbed/flannelVxlan';
-import { currentNetns, namedNetns, type NetnsRef } from '../topology/netns';
+import { parseListenAddress } from '../export/http';
+import { otlpTracesUrl } from '../export/otlpUrl';
+import { currentNetns, listNamedNetns, namedNetns, type NetnsRef } from '../topology/netns';
+import { agentNodeError, startAgent } from './agent';
 import { follow } from './follow';
 import { requireBtf, requireRoot } from './preflight';
 
@@ -33,6 +36,32 @@ function resolveNodes(list: string | undefined): NetnsRef[] {
   }
   const tb = testbedStatus();
   return tb ? tb.nodes.map((n) => namedNetns(n.netns)) : [currentNetns()];
+}
+
+/** The agent's node: --nodes with one namespace, else where it runs, named after its /run/netns entry if it has one. */
+function resolveAgentNode(list: string | undefined): NetnsRef {
+  if (list !== undefined) {
+    const names = list.split(',').map((s) => s.trim()).filter(Boolean);
+    if (names.length !== 1) throw names.length ? agentNodeError(names) : usageError('--nodes is empty', 'name the node\'s network namespace, e.g. --nodes node1');
+    return namedNetns(names[0]!);
+  }
+  const here = currentNetns();
+  for (const name of listNamedNetns()) {
+    try {
+      const ns = namedNetns(name);
+      if (ns.ino === here.ino) return { ...here, name };
+    } catch {
+      // a stale entry: not ours
+    }
+  }
+  return here;
+}
+
+function nonNegativeInt(flag: string) {
+  return (v: string): number => {
+    if (!/^\d+$/.test(v)) throw new InvalidArgumentError(`${flag} takes a whole number (0 switches it off)`);
+    return Number(v);
+  };
 }
 
 function checkCni(cni: string): void {
@@ -77,6 +106,41 @@ function buildProgram(): Command {
       stop = session.stop;
       if (process.exitCode) stop();
       await session.done;
+    });
+
+  program.command('agent')
+    .description('run on a node: per-step latency, drops and retransmits as Prometheus metrics, sampled packets as OTLP traces')
+    .option('--nodes <netns>', 'the network namespace acting as this node (default: the one the agent runs in)')
+    .option('--metrics-addr <host:port>', 'where /metrics and /healthz listen', ':9101')
+    .option('--otlp-endpoint <url>', 'OTLP/HTTP collector for spans, e.g. http://127.0.0.1:4318 (default: no spans)')
+    .option('--sample <n>', '1 in n packets becomes a trace, the same packets on every node (0: none)', nonNegativeInt('--sample'), 1000)
+    .option('--peers <url,...>', "other nodes' agents (http://HOST:PORT), to time the wire between nodes (step 6)")
+    .addOption(new Option('--attach <mechanism>', 'tcx links (kernel 6.6+) or classic tc filters').choices(['tcx', 'tc']).default('tcx'))
+    .addOption(new Option('--rescan <ms>', 'full rescan of the node\'s devices, besides link events').argParser(positiveInt('--rescan')).default(5000).hideHelp())
+    .action(async (o: { nodes?: string; metricsAddr: string; otlpEndpoint?: string; sample: number; peers?: string; attach: 'tcx' | 'tc'; rescan: number }) => {
+      const metricsAddr = parseListenAddress(o.metricsAddr);
+      if (o.otlpEndpoint !== undefined) otlpTracesUrl(o.otlpEndpoint);
+      const peers = (o.peers ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+      for (const p of peers) {
+        if (!/^https?:\/\/[^/\s]+\/?$/.test(p)) throw usageError(`--peers ${p} is not http://HOST:PORT`, "give the other agents' metrics addresses, e.g. http://192.168.1.102:9101");
+      }
+      requireRoot();
+      requireBtf();
+      const node = resolveAgentNode(o.nodes);
+      let stop: (() => Promise<void>) | null = null;
+      let stopping = false;
+      const onSignal = () => {
+        stopping = true;
+        if (stop) void stop().then(() => process.exit());
+      };
+      process.once('SIGINT', onSignal);
+      process.once('SIGTERM', onSignal);
+      const agent = await startAgent({
+        node, metricsAddr, otlpEndpoint: o.otlpEndpoint ?? null, sample: o.sample, peers, attach: o.attach, rescanMs: o.rescan,
+        log: (s) => process.stderr.write(s + '\n'),
+      });
+      stop = agent.stop;
+      if (stopping) await stop().then(() => process.exit());
     });
 
   const testbed = program.command('testbed').description('the built-in two-node test cluster, made of network namespaces');

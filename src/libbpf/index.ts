@@ -10,3 +10,4 @@ export type { RecordHandler } from './ringbuf';
 export { testRun } from './testrun';
 export type { TestRunResult } from './testrun';
 export { errnoName, describeErrno } from './errno';
+export { readBtfEnum } from './btf';

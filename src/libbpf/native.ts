@@ -18,6 +18,7 @@ const libc = open('libc.so.6');
 export const BpfObjectPtr = koffi.pointer('bpf_object', koffi.opaque());
 export const BpfProgramPtr = koffi.pointer('bpf_program', koffi.opaque());
 export const BpfMapPtr = koffi.pointer('bpf_map', koffi.opaque());
+export const BpfLinkPtr = koffi.pointer('bpf_link', koffi.opaque());
 
 // Layouts checked against C by test/bpf/structs.test.ts (design §3a).
 export const BpfTcHook = koffi.struct('bpf_tc_hook', {
@@ -55,6 +56,8 @@ export const c = {
   bpf_map_delete_elem: libbpf.func('int bpf_map_delete_elem(int fd, const void *key)'),
   bpf_map_lookup_batch: libbpf.func('int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values, _Inout_ uint32_t *count, void *opts)'),
   // attach
+  bpf_program__attach: libbpf.func('bpf_link *bpf_program__attach(bpf_program *prog)'),
+  bpf_link__destroy: libbpf.func('int bpf_link__destroy(bpf_link *link)'),
   bpf_link_create: libbpf.func('int bpf_link_create(int prog_fd, int target_fd, int attach_type, void *opts)'),
   bpf_tc_hook_create: libbpf.func('int bpf_tc_hook_create(bpf_tc_hook *hook)'),
   bpf_tc_hook_destroy: libbpf.func('int bpf_tc_hook_destroy(bpf_tc_hook *hook)'),

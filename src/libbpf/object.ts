@@ -67,6 +67,26 @@ export class BpfObject {
     return { name, fd };
   }
 
+  /**
+   * Attach a program the way its section says (tp_btf/..., tracepoint/...). The
+   * link goes when detach() is called or the process exits.
+   */
+  attach(name: string): { detach(): void } {
+    const link = c.bpf_program__attach(this.programHandle(name));
+    if (!link) {
+      const errno = lastErrno();
+      throw new NettraceError('BPF', `attaching ${name}: ${describeErrno(errno)}`, 'check the kernel has BTF and the tracepoint exists',
+        libbpfLogTail(5).join('\n'));
+    }
+    let open = true;
+    return {
+      detach() {
+        if (open) c.bpf_link__destroy(link);
+        open = false;
+      },
+    };
+  }
+
   map(name: string): BpfMap {
     const handle = this.mapHandle(name);
     const fd = c.bpf_map__fd(handle) as number;

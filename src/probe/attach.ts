@@ -18,7 +18,11 @@ export function detachAllLive(): void {
   for (const h of live) h.detach();
 }
 
-export function attachAll(devices: Device[], programs: Record<TcDirection, BpfProgram>, mechanism: AttachMechanism = 'tcx'): HookSet {
+/** The program for a device's hook, or null to leave that hook alone. */
+export type ProgramChoice = Record<TcDirection, BpfProgram> | ((device: Device, direction: TcDirection) => BpfProgram | null);
+
+export function attachAll(devices: Device[], programs: ProgramChoice, mechanism: AttachMechanism = 'tcx'): HookSet {
+  const choose = typeof programs === 'function' ? programs : (_d: Device, dir: TcDirection) => programs[dir];
   const attachments: HookSet['attachments'] = [];
   const set: HookSet = {
     attachments,
@@ -49,7 +53,9 @@ export function attachAll(devices: Device[], programs: Record<TcDirection, BpfPr
     for (const device of devices) {
       inNetns(device.netns.path, () => {
         for (const dir of ['ingress', 'egress'] as const) {
-          const fd = programs[dir].fd;
+          const prog = choose(device, dir);
+          if (!prog) continue;
+          const fd = prog.fd;
           try {
             const a = mechanism === 'tcx' ? attachTcx(fd, device.ifindex, dir) : attachTc(fd, device.ifindex, dir, TC_TAG);
             attachments.push({ device, attachment: a });

@@ -47,3 +47,29 @@ export function hookPoint(side: Side, role: DeviceRole, hook: Hook): HookPoint |
 
 /** The last hook of a path: seeing it there means the packet arrived. */
 export const FINAL_ORDER = 9;
+
+/** A hook point by its order, with the side of the path it is on (orders 0-9, as bpf/nettrace.h enum nt_order). */
+export interface OrderPoint extends HookPoint {
+  role: DeviceRole;
+  hook: Hook;
+  side: Side;
+}
+
+export const ORDER_POINTS: readonly OrderPoint[] = (Object.entries(POINTS) as [Side, typeof POINTS[Side]][])
+  .flatMap(([side, points]) => Object.entries(points).map(([rh, p]) => {
+    const [role, hook] = rh.split('/') as [DeviceRole, Hook];
+    return { ...p!, role, hook, side };
+  }))
+  .sort((a, b) => a.order - b.order);
+
+/** The hook point a device's hook is on a cross-node path; every (role, hook) has exactly one. */
+export function orderOf(role: DeviceRole, hook: Hook): OrderPoint {
+  const p = ORDER_POINTS.find((x) => x.role === role && x.hook === hook);
+  if (!p) throw new Error(`no hook point for ${role}/${hook}`);
+  return p;
+}
+
+/** The step a packet last seen at `order` died in: the one it never finished. */
+export function stepAfter(order: number): number {
+  return (ORDER_POINTS[order + 1] ?? ORDER_POINTS[FINAL_ORDER]!).step;
+}

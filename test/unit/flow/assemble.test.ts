@@ -26,7 +26,8 @@ function rec(ino: number, ifindex: number, hook: 0 | 1, ts: number, over: Partia
   return {
     ts_ns: ts, netns_ino: ino, ifindex, flow_id: 1, skb_len: 74, saddr: Uint8Array.from([10, 244, 1, 5, ...Array(12).fill(0)]),
     daddr: Uint8Array.from([10, 244, 2, 8, ...Array(12).fill(0)]), sport: 40000, dport: 80, seq: 1, ack: 0, ip_id: 7, ip_len: 60,
-    payload_len: 0, gso_segs: 0, vni: 0, family: 4, proto: 6, hook, direction: 0, flags: 0, tcp_flags: 2, icmp_type: 0, ...over,
+    payload_len: 0, gso_segs: 0, vni: 0, family: 4, proto: 6, hook, direction: 0, flags: 0, tcp_flags: 2, icmp_type: 0,
+    kind: 0, reason: 0, order: 0, ...over,
   };
 }
 

@@ -3,14 +3,14 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
-import { readLayout, renderModule, STRUCTS } from '../../../scripts/gen-record';
+import { ENUMS, OBJECTS, readEnum, readLayout, renderModule, STRUCTS } from '../../../scripts/gen-record';
 import { decodeHopRecord, HOP_RECORD_FIELDS, HOP_RECORD_SIZE } from '../../../src/probe/layout.generated';
 
 const ROOT = path.resolve(__dirname, '../../../..');
 
-test('src/probe/layout.generated.ts matches the BTF of build/hop.bpf.o', () => {
-  const obj = path.join(ROOT, 'build/hop.bpf.o');
-  const fresh = renderModule(new Map(STRUCTS.map((s) => [s, readLayout(obj, s)])));
+test('src/probe/layout.generated.ts matches the BTF of the built objects', () => {
+  const objs = OBJECTS.map((o) => path.join(ROOT, o));
+  const fresh = renderModule(new Map(STRUCTS.map((s) => [s, readLayout(objs, s)])), new Map(ENUMS.map((e) => [e, readEnum(objs, e)])));
   assert.equal(readFileSync(path.join(ROOT, 'src/probe/layout.generated.ts'), 'utf8'), fresh, 'run `make gen`');
 });
 
@@ -31,4 +31,5 @@ test('decoding reads every field at its BTF offset, little endian', () => {
   assert.deepEqual([...r.saddr.subarray(0, 5)], [10, 244, 1, 5, 0]);
   assert.equal(r.proto, 6);
   assert.ok(!('_pad' in r));
+  assert.ok('order' in r && 'kind' in r && 'reason' in r);
 });

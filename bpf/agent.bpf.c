@@ -1,0 +1,362 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * The always-on agent's datapath (design §3, aggregate path): per-node
+ * hop-to-hop latencies matched in the kernel and counted in log2 histograms,
+ * drops by reason and last step, TCP retransmits by flow. Only packets the
+ * consistent sampler picks, and retransmits, become ring records.
+ * Never changes a packet's fate: every tc path returns TC_ACT_UNSPEC.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "parse.h"
+
+#define NT_AF_INET 2
+#define NT_AF_INET6 10
+#define NT_EGRESS_ORDERS ((1 << NT_ORDER_POD_EGRESS) | (1 << NT_ORDER_TUNNEL_EGRESS) | \
+			  (1 << NT_ORDER_UNDERLAY_EGRESS) | (1 << NT_ORDER_BRIDGE_EGRESS) | \
+			  (1 << NT_ORDER_VETH_EGRESS))
+
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+/* Never used: names the record type in this object's BTF (see hop.bpf.c). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nt_hop_record);
+} nt_record_layout SEC(".maps");
+
+/* Never used either: puts the enums userspace shares into BTF for the generator. */
+struct nt_enums {
+	enum nt_order order;
+	enum nt_record_kind kind;
+	enum nt_hook hook;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nt_enums);
+} nt_enum_layout SEC(".maps");
+
+/* Where each packet was last seen on this node, by packet hash. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct nt_seen);
+} nt_seen SEC(".maps");
+
+/* [order * NT_LAT_BUCKETS + b]: hops that reached `order` 2^b..2^(b+1) ns after the previous hop. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NT_ORDER_COUNT * NT_LAT_BUCKETS);
+	__type(key, __u32);
+	__type(value, __u64);
+} nt_lat SEC(".maps");
+
+/* [order]: sum of those latencies in ns (the histogram's _sum). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NT_ORDER_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} nt_lat_sum SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct nt_drop_key);
+	__type(value, __u64);
+} nt_drops SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 131072);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct nt_retrans_key);
+	__type(value, struct nt_retrans_value);
+} nt_retrans SEC(".maps");
+
+/* Network namespaces of this node and its pods: tracepoints see the whole kernel. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+} nt_netns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} nt_records SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} nt_lost SEC(".maps");
+
+static __always_inline __u64 fmix64(__u64 h)
+{
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	h ^= h >> 33;
+	return h;
+}
+
+/* What the packet carries unchanged on every hop of both nodes (design §2). Every
+ * node computes the same value, so 1-in-N sampling on it picks the same packets. */
+static __always_inline __u64 packet_hash(const struct nt_hop_record *r)
+{
+	__u64 h = 0x9e3779b97f4a7c15ULL;
+	__u32 w;
+
+#pragma unroll
+	for (int i = 0; i < NT_ADDR_LEN; i += 4) {
+		__builtin_memcpy(&w, &r->saddr[i], 4);
+		h = (h ^ w) * 0x100000001b3ULL;
+		__builtin_memcpy(&w, &r->daddr[i], 4);
+		h = (h ^ w) * 0x100000001b3ULL;
+	}
+	h = (h ^ (((__u64)r->sport << 16) | r->dport)) * 0x100000001b3ULL;
+	h = (h ^ (((__u64)r->seq << 32) | r->ack)) * 0x100000001b3ULL;
+	h = (h ^ (((__u64)r->ip_id << 32) | ((__u64)r->ip_len << 16) | ((__u64)r->proto << 8) | r->family));
+	return fmix64(h);
+}
+
+static __always_inline __u32 log2_bucket(__u64 v)
+{
+	__u32 b = 0;
+
+	if (v >> 32) { v >>= 32; b += 32; }
+	if (v >> 16) { v >>= 16; b += 16; }
+	if (v >> 8) { v >>= 8; b += 8; }
+	if (v >> 4) { v >>= 4; b += 4; }
+	if (v >> 2) { v >>= 2; b += 2; }
+	if (v >> 1) b += 1;
+	return b;
+}
+
+static __always_inline void observe(__u32 order, __u64 delta_ns)
+{
+	__u32 idx = order * NT_LAT_BUCKETS + log2_bucket(delta_ns);
+	__u64 *v;
+
+	v = bpf_map_lookup_elem(&nt_lat, &idx);
+	if (v)
+		*v += 1;
+	v = bpf_map_lookup_elem(&nt_lat_sum, &order);
+	if (v)
+		*v += delta_ns;
+}
+
+static __always_inline void output(struct nt_hop_record *r)
+{
+	__u32 zero = 0;
+	__u64 *lost;
+
+	/* never a wakeup: the reader drains the mapped ring on a timer */
+	if (bpf_ringbuf_output(&nt_records, r, sizeof(*r), BPF_RB_NO_WAKEUP)) {
+		lost = bpf_map_lookup_elem(&nt_lost, &zero);
+		if (lost)
+			*lost += 1;
+	}
+}
+
+static __always_inline int sampled(__u64 h)
+{
+	return nt_cfg.sample_every && h % nt_cfg.sample_every == 0;
+}
+
+static __always_inline int agent_hop(struct __sk_buff *skb, const __u32 order)
+{
+	struct nt_hop_record r = {};
+	struct nt_src src = { .skb = skb };
+	struct nt_seen *seen, fresh = {};
+	__u64 now, h;
+	__u32 off = 0;
+	__be16 proto;
+
+	proto = parse_eth(&src, &off, &r.flags);
+	if (parse_packet(&src, off, proto, &r, 1))
+		return TC_ACT_UNSPEC;
+	now = bpf_ktime_get_ns();
+	h = packet_hash(&r);
+	seen = bpf_map_lookup_elem(&nt_seen, &h);
+	if (seen) {
+		if (seen->order < order && now >= seen->ts_ns)
+			observe(order, now - seen->ts_ns);
+		seen->ts_ns = now;
+		seen->order = order;
+	} else {
+		/* step 1 starts in the pod's stack: TCP stamps its departure time
+		 * (EDT, monotonic clock) on the skb before the device sees it */
+		if (order == NT_ORDER_POD_EGRESS && skb->tstamp && skb->tstamp <= now &&
+		    skb->tstamp_type == BPF_SKB_CLOCK_MONOTONIC)
+			observe(order, now - skb->tstamp);
+		fresh.ts_ns = now;
+		fresh.order = order;
+		bpf_map_update_elem(&nt_seen, &h, &fresh, BPF_ANY);
+	}
+	if (sampled(h)) {
+		struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+
+		r.kind = NT_REC_HOP;
+		r.ts_ns = now;
+		r.order = order;
+		r.hook = (NT_EGRESS_ORDERS >> order) & 1 ? NT_HOOK_EGRESS : NT_HOOK_INGRESS;
+		r.netns_ino = BPF_CORE_READ(kskb, dev, nd_net.net, ns.inum);
+		r.ifindex = skb->ifindex;
+		r.skb_len = skb->len;
+		r.gso_segs = skb->gso_segs;
+		output(&r);
+	}
+	return TC_ACT_UNSPEC;
+}
+
+/* One program per hook point: the order is a constant, no lookup per packet. */
+#define NT_AGENT_PROG(n) \
+	SEC("tc") int nt_agent_##n(struct __sk_buff *skb) { return agent_hop(skb, n); }
+
+NT_AGENT_PROG(0)
+NT_AGENT_PROG(1)
+NT_AGENT_PROG(2)
+NT_AGENT_PROG(3)
+NT_AGENT_PROG(4)
+NT_AGENT_PROG(5)
+NT_AGENT_PROG(6)
+NT_AGENT_PROG(7)
+NT_AGENT_PROG(8)
+NT_AGENT_PROG(9)
+
+static __always_inline __u32 netns_of(struct net_device *dev, const struct sock *sk)
+{
+	if (dev)
+		return BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	if (sk)
+		return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	return 0;
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(nt_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+{
+	struct nt_drop_key key = { .reason = reason, .order = NT_ORDER_NONE };
+	struct nt_hop_record r = {};
+	struct nt_src src = {};
+	struct nt_seen *seen;
+	__u64 *count, one = 1, h = 0;
+	__u32 ino;
+	__u16 nh;
+
+	if (reason <= SKB_CONSUMED)
+		return 0;
+	ino = netns_of(BPF_CORE_READ(skb, dev), BPF_CORE_READ(skb, sk));
+	if (!ino || !bpf_map_lookup_elem(&nt_netns, &ino))
+		return 0;
+	nh = BPF_CORE_READ(skb, network_header);
+	if (nh != (__u16)~0U) {
+		src.kbase = BPF_CORE_READ(skb, head) + nh;
+		if (!parse_packet(&src, 0, BPF_CORE_READ(skb, protocol), &r, 1)) {
+			h = packet_hash(&r);
+			seen = bpf_map_lookup_elem(&nt_seen, &h);
+			if (seen)
+				key.order = seen->order;
+		}
+	}
+	count = bpf_map_lookup_elem(&nt_drops, &key);
+	if (count)
+		*count += 1;
+	else
+		bpf_map_update_elem(&nt_drops, &key, &one, BPF_NOEXIST);
+	if (r.family && sampled(h)) {
+		r.kind = NT_REC_DROP;
+		r.reason = reason;
+		r.order = key.order;
+		r.ts_ns = bpf_ktime_get_ns();
+		r.netns_ino = ino;
+		r.ifindex = BPF_CORE_READ(skb, dev, ifindex);
+		r.skb_len = BPF_CORE_READ(skb, len);
+		output(&r);
+	}
+	return 0;
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(nt_tcp_retransmit, const struct sock *sk, const struct sk_buff *skb)
+{
+	struct nt_retrans_key key = {};
+	struct nt_retrans_value *v, fresh;
+	struct nt_hop_record r = {};
+	struct skb_shared_info *shinfo;
+	__u16 family, segs;
+	__u32 ino;
+
+	ino = netns_of(NULL, sk);
+	if (!ino || !bpf_map_lookup_elem(&nt_netns, &ino))
+		return 0;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family == NT_AF_INET) {
+		__be32 saddr = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__be32 daddr = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+
+		key.family = 4;
+		__builtin_memcpy(key.saddr, &saddr, 4);
+		__builtin_memcpy(key.daddr, &daddr, 4);
+	} else if (family == NT_AF_INET6) {
+		key.family = 6;
+		BPF_CORE_READ_INTO(&key.saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&key.daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	} else {
+		return 0;
+	}
+	key.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	key.dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	/* one call covers a whole GSO skb: what went out again is its segment count */
+	shinfo = (struct skb_shared_info *)(BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, end));
+	segs = BPF_CORE_READ(shinfo, gso_segs);
+	if (!segs)
+		segs = 1;
+
+	v = bpf_map_lookup_elem(&nt_retrans, &key);
+	if (v) {
+		__sync_fetch_and_add(&v->retransmits, 1);
+		__sync_fetch_and_add(&v->segments, segs);
+	} else {
+		fresh.retransmits = 1;
+		fresh.segments = segs;
+		if (bpf_map_update_elem(&nt_retrans, &key, &fresh, BPF_NOEXIST)) {
+			v = bpf_map_lookup_elem(&nt_retrans, &key);
+			if (v) {
+				__sync_fetch_and_add(&v->retransmits, 1);
+				__sync_fetch_and_add(&v->segments, segs);
+			}
+		}
+	}
+
+	/* a rare stream: every retransmit becomes a record, for its flow's trace */
+	r.kind = NT_REC_RETRANS;
+	r.ts_ns = bpf_ktime_get_ns();
+	r.netns_ino = ino;
+	r.family = key.family;
+	r.proto = IPPROTO_TCP;
+	__builtin_memcpy(r.saddr, key.saddr, sizeof(r.saddr));
+	__builtin_memcpy(r.daddr, key.daddr, sizeof(r.daddr));
+	r.sport = key.sport;
+	r.dport = key.dport;
+	r.gso_segs = segs;
+	r.order = NT_ORDER_NONE;
+	bpf_probe_read_kernel(&r.seq, sizeof(r.seq), &((struct tcp_skb_cb *)skb->cb)->seq);
+	output(&r);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,193 @@
+// Sampled packets as OpenTelemetry traces over OTLP/HTTP (design §3, §4). Ids come from
+// the packet, not from chance: every node's agent puts its spans of one packet in the
+// same trace, under the same root span id, with no aggregator in between.
+import { context, trace, TraceFlags, type HrTime, type Tracer } from '@opentelemetry/api';
+import { ExportResultCode, type ExportResult } from '@opentelemetry/core';
+import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
+import { resourceFromAttributes } from '@opentelemetry/resources';
+import { NodeSDK } from '@opentelemetry/sdk-node';
+import { BatchSpanProcessor, type IdGenerator, type ReadableSpan, type SpanExporter } from '@opentelemetry/sdk-trace';
+import { otlpTracesUrl } from './otlpUrl';
+import { stepSpanId, type Retransmit, type SampledPacket } from '../flow/sampled';
+import type { HookLabels } from './prometheus';
+
+/** Hands out the ids we derived; random ones only if asked without (never, in practice). */
+class DerivedIds implements IdGenerator {
+  nextTraceId: string | null = null;
+  nextSpanId: string | null = null;
+
+  generateTraceId(): string {
+    const id = this.nextTraceId ?? randomHex(32);
+    this.nextTraceId = null;
+    return id;
+  }
+
+  generateSpanId(): string {
+    const id = this.nextSpanId ?? randomHex(16);
+    this.nextSpanId = null;
+    return id;
+  }
+}
+
+function randomHex(n: number): string {
+  let s = '';
+  while (s.length < n) s += Math.floor(Math.random() * 16).toString(16);
+  return s;
+}
+
+/** Counts and reports failed exports; the agent carries on whatever the collector does. */
+class CountingExporter implements SpanExporter {
+  private lastLogMs = 0;
+
+  constructor(private readonly inner: SpanExporter, private readonly onResult: (ok: boolean, spans: number, err?: Error) => void) {}
+
+  export(spans: ReadableSpan[], done: (r: ExportResult) => void): void {
+    this.inner.export(spans, (r) => {
+      this.onResult(r.code === ExportResultCode.SUCCESS, spans.length, r.error);
+      done(r);
+    });
+  }
+
+  shutdown(): Promise<void> {
+    return this.inner.shutdown();
+  }
+
+  forceFlush(): Promise<void> {
+    return this.inner.forceFlush?.() ?? Promise.resolve();
+  }
+
+  /** At most one line every 30 s: a collector that is down must not flood the log. */
+  shouldLog(): boolean {
+    const now = Date.now();
+    if (now - this.lastLogMs < 30_000) return false;
+    this.lastLogMs = now;
+    return true;
+  }
+}
+
+export interface SpanSinkOptions {
+  endpoint: string;
+  node: string;
+  /** wall-clock ns of a bpf_ktime_get_ns() value */
+  wallNs: (tsNs: number) => bigint;
+  hookLabels: (order: number) => HookLabels | null;
+  dropReason: (reason: number) => string;
+  onExport: (ok: boolean, spans: number) => void;
+  log: (line: string) => void;
+}
+
+export class SpanSink {
+  private readonly sdk: NodeSDK;
+  private readonly ids = new DerivedIds();
+  private readonly tracer: Tracer;
+
+  constructor(private readonly opts: SpanSinkOptions) {
+    const counting: CountingExporter = new CountingExporter(new OTLPTraceExporter({ url: otlpTracesUrl(opts.endpoint), timeoutMillis: 5000 }), (ok, n, err) => {
+      opts.onExport(ok, n);
+      if (!ok && counting.shouldLog()) opts.log(`warning: OTLP export of ${n} spans to ${opts.endpoint} failed: ${err?.message ?? 'unknown error'} (counted in nettrace_agent_export_failures_total; retrying with the next batch)`);
+    });
+    this.sdk = new NodeSDK({
+      resource: resourceFromAttributes({ 'service.name': 'nettrace-agent', 'host.name': opts.node, 'nettrace.node': opts.node }),
+      autoDetectResources: false,
+      spanProcessors: [new BatchSpanProcessor({ exporter: counting, scheduledDelayMillis: 500, maxQueueSize: 8192, maxExportBatchSize: 512 })],
+      idGenerator: this.ids,
+      instrumentations: [],
+      metricReaders: [],
+      logRecordProcessors: [],
+      textMapPropagator: null,
+    });
+    this.sdk.start();
+    this.tracer = trace.getTracer('nettrace');
+  }
+
+  /**
+   * One span per step this node saw. A step's span runs from the previous hook on this
+   * node to the hook that ends the step; the first hook of the sending node is step 1
+   * (a point), and step 6 spans the wire when the sender's departure is known.
+   */
+  packet(p: SampledPacket, departure: { wallNs: bigint; node: string } | null): number {
+    const parent = trace.setSpanContext(context.active(), { traceId: p.traceId, spanId: p.rootSpanId, traceFlags: TraceFlags.SAMPLED, isRemote: true });
+    const common = {
+      'nettrace.node': this.opts.node, 'network.transport': protoName(p.proto), 'source.address': p.src, 'destination.address': p.dst,
+      'source.port': p.sport, 'destination.port': p.dport,
+    };
+    let spans = 0;
+    const first = p.hops[0];
+    if (first && first.order === 0) {
+      // the sender's node opens the trace: its root span is the packet
+      this.ids.nextTraceId = p.traceId;
+      this.ids.nextSpanId = p.rootSpanId;
+      const last = p.hops[p.hops.length - 1]!;
+      const root = this.tracer.startSpan(`packet ${p.src} -> ${p.dst}`, { root: true, startTime: this.wall(first.tsNs), attributes: common });
+      root.end(this.wall(last.tsNs));
+      spans++;
+    }
+    for (let i = 0; i < p.hops.length; i++) {
+      const hop = p.hops[i]!;
+      const prev = i > 0 ? p.hops[i - 1]! : null;
+      const l = this.opts.hookLabels(hop.order);
+      if (!l) continue;
+      let start: HrTime = this.wall(prev?.tsNs ?? hop.tsNs);
+      let latency: number | null = prev ? hop.tsNs - prev.tsNs : null;
+      const attrs: Record<string, string | number> = {
+        ...common, 'nettrace.step': l.step, 'nettrace.step_name': l.step_name, 'nettrace.device': l.device, 'nettrace.hook': l.hook,
+      };
+      if (!prev && hop.order === 5 && departure) {
+        // clocks of two nodes: never a negative latency (design §4)
+        const arrival = this.opts.wallNs(hop.tsNs);
+        const d = departure.wallNs < arrival ? departure.wallNs : arrival;
+        start = hrTime(d);
+        latency = Number(arrival - d);
+        attrs['nettrace.from_node'] = departure.node;
+      }
+      if (latency !== null) attrs['nettrace.latency_ns'] = latency;
+      this.ids.nextSpanId = stepSpanId(p.traceId, hop.order);
+      const span = this.tracer.startSpan(`step ${l.step} ${l.step_name}`, { startTime: start, attributes: attrs }, parent);
+      span.end(this.wall(hop.tsNs));
+      spans++;
+    }
+    if (p.drop) {
+      const l = this.opts.hookLabels(p.drop.order);
+      this.ids.nextSpanId = stepSpanId(p.traceId, 100 + p.drop.order);
+      const span = this.tracer.startSpan('drop', {
+        startTime: this.wall(p.drop.tsNs),
+        attributes: { ...common, 'nettrace.drop_reason': this.opts.dropReason(p.drop.reason), 'nettrace.last_device': l?.device ?? '' },
+      }, parent);
+      span.end(this.wall(p.drop.tsNs));
+      spans++;
+    }
+    return spans;
+  }
+
+  private wall(tsNs: number): HrTime {
+    return hrTime(this.opts.wallNs(tsNs));
+  }
+
+  /** A retransmit is a span in its connection's trace, carrying how many segments went again. */
+  retransmit(r: Retransmit): void {
+    this.ids.nextTraceId = r.traceId;
+    this.ids.nextSpanId = stepSpanId(r.traceId, r.seq);
+    const at = this.wall(r.tsNs);
+    const span = this.tracer.startSpan(`tcp retransmit ${r.src}:${r.sport} -> ${r.dst}:${r.dport}`, {
+      root: true, startTime: at,
+      attributes: {
+        'nettrace.node': this.opts.node, 'network.transport': 'tcp', 'source.address': r.src, 'source.port': r.sport,
+        'destination.address': r.dst, 'destination.port': r.dport, 'nettrace.tcp.seq': r.seq, 'nettrace.tcp.segments': r.segments,
+      },
+    });
+    span.addEvent('retransmit', { segments: r.segments, seq: r.seq }, at);
+    span.end(at);
+  }
+
+  async shutdown(): Promise<void> {
+    await this.sdk.shutdown();
+  }
+}
+
+function hrTime(ns: bigint): HrTime {
+  return [Number(ns / 1_000_000_000n), Number(ns % 1_000_000_000n)];
+}
+
+function protoName(p: number): string {
+  return p === 6 ? 'tcp' : p === 17 ? 'udp' : p === 1 ? 'icmp' : p === 58 ? 'icmpv6' : String(p);
+}

@@ -1,0 +1,174 @@
+// Prometheus metrics of one node's agent (design §5): read from the kernel's maps at
+// scrape time, so nothing is counted twice and an idle agent does no work.
+import { collectDefaultMetrics, Counter, Gauge, Registry, type Metric } from 'prom-client';
+import type { DropCount, LatencyHistogram, RetransmitCount } from '../probe/aggregate';
+
+/** Labels of a hook point on this node; null when the node has no device there. */
+export interface HookLabels {
+  step: number;
+  step_name: string;
+  device: string;
+  hook: string;
+}
+
+export interface MetricsSource {
+  node: string;
+  latency(): LatencyHistogram[];
+  /** step-6 (cross-node) latencies measured in userspace on sampled packets, in ns, since start */
+  wireLatency(): { counts: number[]; sumNs: number } | null;
+  drops(): DropCount[];
+  retransmits(): RetransmitCount[];
+  lostRecords(): number;
+  hookLabels(order: number): HookLabels | null;
+  /** the step a drop last seen at this order belongs to; null when the packet was on no path */
+  dropLabels(order: number): HookLabels | null;
+  dropReason(reason: number): string;
+  podOf(family: number, addr: Uint8Array): { pod: string; ip: string };
+}
+
+/** underlay ingress: where step 6 (the wire between nodes) ends */
+const WIRE_ORDER = 5;
+
+// Bucket bounds: log2 of nanoseconds, 2^7 ns (128 ns) to 2^34 ns (17 s), then +Inf.
+const FIRST_BOUND = 7;
+const LAST_BOUND = 34;
+
+export const METRIC_NAMES = {
+  latency: 'nettrace_hop_latency_seconds',
+  drops: 'nettrace_drops_total',
+  retransmits: 'nettrace_tcp_retransmits_total',
+  retransmitSegments: 'nettrace_tcp_retransmit_segments_total',
+  lost: 'nettrace_lost_events_total',
+  attachedHooks: 'nettrace_agent_attached_hooks',
+  attachErrors: 'nettrace_agent_attach_errors_total',
+  sampled: 'nettrace_agent_sampled_packets_total',
+  spans: 'nettrace_agent_spans_exported_total',
+  exportFailures: 'nettrace_agent_export_failures_total',
+  info: 'nettrace_agent_info',
+} as const;
+
+type Values = { metricName?: string; labels: Record<string, string | number>; value: number }[];
+
+/**
+ * A histogram whose buckets the kernel already counted (log2 ns). prom-client's
+ * Histogram can only observe() values one by one, so this is a registry metric
+ * of its own that prints the standard _bucket/_sum/_count series.
+ */
+function kernelHistogram(name: string, help: string, read: () => { labels: Record<string, string | number>; counts: number[]; sumNs: number }[]): Metric {
+  const metric = {
+    name, help, type: 'histogram', aggregator: 'sum',
+    get: async () => {
+      const values: Values = [];
+      for (const { labels, counts, sumNs } of read()) {
+        // bucket b counts [2^b, 2^(b+1)) ns, so everything below b = k is at most 2^k ns
+        let cumulative = 0;
+        for (let b = 0; b < FIRST_BOUND; b++) cumulative += counts[b] ?? 0;
+        for (let k = FIRST_BOUND; k <= LAST_BOUND; k++) {
+          if (k > FIRST_BOUND) cumulative += counts[k - 1] ?? 0;
+          values.push({ metricName: `${name}_bucket`, labels: { ...labels, le: 2 ** k / 1e9 }, value: cumulative });
+        }
+        const total = counts.reduce((a, b) => a + b, 0);
+        values.push({ metricName: `${name}_bucket`, labels: { ...labels, le: '+Inf' }, value: total });
+        values.push({ metricName: `${name}_sum`, labels, value: sumNs / 1e9 });
+        values.push({ metricName: `${name}_count`, labels, value: total });
+      }
+      return { name, help, type: 'histogram', values, aggregator: 'sum' };
+    },
+    reset: () => {},
+  };
+  return metric as unknown as Metric;
+}
+
+export interface AgentMetrics {
+  registry: Registry;
+  attachedHooks: Gauge;
+  attachErrors: Counter;
+  sampled: Counter;
+  spans: Counter;
+  exportFailures: Counter<'exporter'>;
+}
+
+export function createMetrics(src: MetricsSource): AgentMetrics {
+  const registry = new Registry();
+  const node = src.node;
+  collectDefaultMetrics({ register: registry, prefix: 'nettrace_agent_' });
+
+  registry.registerMetric(kernelHistogram(METRIC_NAMES.latency,
+    'Time from the previous hook point to this one, per step of the path (matched in the kernel; step 6 on sampled packets).',
+    () => {
+      const out: { labels: Record<string, string | number>; counts: number[]; sumNs: number }[] = [];
+      for (const h of src.latency()) {
+        // the first hook a receiving node sees (step 6) has no earlier hook on the node: the wire is timed below
+        if (h.order === WIRE_ORDER) continue;
+        const l = src.hookLabels(h.order);
+        if (l) out.push({ labels: { node, step: l.step, step_name: l.step_name, device: l.device, hook: l.hook }, counts: h.counts, sumNs: h.sumNs });
+      }
+      const wire = src.wireLatency();
+      const w = src.hookLabels(WIRE_ORDER);
+      if (wire && w) out.push({ labels: { node, step: w.step, step_name: w.step_name, device: w.device, hook: w.hook }, ...wire });
+      return out;
+    }));
+
+  new Counter({
+    name: METRIC_NAMES.drops, help: 'Packets the kernel dropped in this node\'s namespaces, by drop reason and the step the packet died in.',
+    labelNames: ['node', 'reason', 'step', 'step_name', 'device'], registers: [registry],
+    collect() {
+      this.reset();
+      for (const d of src.drops()) {
+        const l = src.dropLabels(d.order);
+        this.inc({ node, reason: src.dropReason(d.reason), step: l ? String(l.step) : 'none', step_name: l?.step_name ?? 'not on a pod path', device: l?.device ?? '' }, d.count);
+      }
+    },
+  });
+
+  const retransmitLabels = ['node', 'source_pod', 'destination_pod', 'source_ip', 'destination_ip', 'destination_port'] as const;
+  const byFlow = () => {
+    // the source port is left out: one series per endpoint pair, not per connection
+    const flows = new Map<string, { labels: Record<(typeof retransmitLabels)[number], string>; retransmits: number; segments: number }>();
+    for (const r of src.retransmits()) {
+      const s = src.podOf(r.family, r.saddr);
+      const d = src.podOf(r.family, r.daddr);
+      const labels = { node, source_pod: s.pod, destination_pod: d.pod, source_ip: s.ip, destination_ip: d.ip, destination_port: String(r.dport) };
+      const key = JSON.stringify(labels);
+      const f = flows.get(key) ?? { labels, retransmits: 0, segments: 0 };
+      f.retransmits += r.retransmits;
+      f.segments += r.segments;
+      flows.set(key, f);
+    }
+    return [...flows.values()];
+  };
+  new Counter({
+    name: METRIC_NAMES.retransmits, help: 'TCP retransmits (tcp_retransmit_skb calls) by the sockets of this node\'s pods, by flow endpoints.',
+    labelNames: retransmitLabels, registers: [registry],
+    collect() {
+      this.reset();
+      for (const f of byFlow()) this.inc(f.labels, f.retransmits);
+    },
+  });
+  new Counter({
+    name: METRIC_NAMES.retransmitSegments, help: 'TCP segments sent again (sum of gso_segs of retransmitted skbs), by flow endpoints.',
+    labelNames: retransmitLabels, registers: [registry],
+    collect() {
+      this.reset();
+      for (const f of byFlow()) this.inc(f.labels, f.segments);
+    },
+  });
+  new Counter({
+    name: METRIC_NAMES.lost, help: 'Per-packet records the kernel could not hand over because the ring buffer was full.',
+    labelNames: ['node'], registers: [registry],
+    collect() {
+      this.reset();
+      this.inc({ node }, src.lostRecords());
+    },
+  });
+  new Gauge({ name: METRIC_NAMES.info, help: 'Always 1; labels tell the node this agent watches.', labelNames: ['node'], registers: [registry] }).set({ node }, 1);
+
+  return {
+    registry,
+    attachedHooks: new Gauge({ name: METRIC_NAMES.attachedHooks, help: 'tc hooks the agent has a program on.', registers: [registry] }),
+    attachErrors: new Counter({ name: METRIC_NAMES.attachErrors, help: 'Devices the agent failed to attach to.', registers: [registry] }),
+    sampled: new Counter({ name: METRIC_NAMES.sampled, help: 'Packets picked by the consistent sampler that became traces.', registers: [registry] }),
+    spans: new Counter({ name: METRIC_NAMES.spans, help: 'Spans handed to the OTLP exporter.', registers: [registry] }),
+    exportFailures: new Counter({ name: METRIC_NAMES.exportFailures, help: 'Export batches that failed (the agent keeps running).', labelNames: ['exporter'], registers: [registry] }),
+  };
+}

@@ -1,0 +1,173 @@
+// The agent's programs (bpf/agent.bpf.c): tc programs per hook point, the drop and
+// retransmit tracepoints, and the maps userspace reads on scrape (design §3).
+import { BpfObject, possibleCpus, RingReader } from '../libbpf';
+import type { BpfMap, BpfProgram, RecordHandler } from '../libbpf';
+import { CONFIG_FIELDS, DROP_KEY_FIELDS, ORDER, RETRANS_KEY_FIELDS, RETRANS_VALUE_FIELDS } from './layout.generated';
+import { bpfObjectPath } from './paths';
+
+export interface AggregateOptions {
+  vxlanPorts: number[];
+  /** 1 in N packets become ring records (span material); 0 = none */
+  sampleEvery: number;
+  /** packets in flight remembered per node for hop matching */
+  seenEntries?: number;
+}
+
+/** One hook point's latency histogram, summed over CPUs. */
+export interface LatencyHistogram {
+  order: number;
+  /** counts[b]: hops 2^b..2^(b+1) ns after the previous one */
+  counts: number[];
+  sumNs: number;
+}
+
+export interface DropCount {
+  reason: number;
+  /** last hook seen on this node, ORDER.NONE when the packet was on no path */
+  order: number;
+  count: number;
+}
+
+export interface RetransmitCount {
+  family: number;
+  saddr: Uint8Array;
+  daddr: Uint8Array;
+  sport: number;
+  dport: number;
+  retransmits: number;
+  segments: number;
+}
+
+const MAX_VXLAN_PORTS = CONFIG_FIELDS.vxlan_ports.length / 2;
+export const LAT_BUCKETS = 64;
+const TRACEPOINTS = ['nt_kfree_skb', 'nt_tcp_retransmit'] as const;
+
+function sum64(values: Buffer, at: number, cpus: number, stride: number): number {
+  let s = 0;
+  for (let c = 0; c < cpus; c++) s += Number(values.readBigUInt64LE(at + c * stride));
+  return s;
+}
+
+export class AggregateProbe {
+  private readonly seenNetns = new Set<number>();
+  private readonly tracepoints: { detach(): void }[] = [];
+  private readonly ring: RingReader;
+  private readonly cpus = possibleCpus();
+
+  private constructor(private readonly obj: BpfObject) {
+    this.ring = new RingReader(obj.map('nt_records').fd, obj.maxEntries('nt_records'));
+  }
+
+  static load(opts: AggregateOptions): AggregateProbe {
+    const obj = BpfObject.open(bpfObjectPath('agent'));
+    try {
+      const cfg = obj.sectionData('.rodata');
+      const ports = [...new Set(opts.vxlanPorts)].slice(0, MAX_VXLAN_PORTS);
+      for (let i = 0; i < MAX_VXLAN_PORTS; i++) cfg.writeUInt16LE(ports[i] ?? 0, CONFIG_FIELDS.vxlan_ports.offset + 2 * i);
+      cfg.writeUInt32LE(opts.sampleEvery, CONFIG_FIELDS.sample_every.offset);
+      if (opts.seenEntries) obj.setMaxEntries('nt_seen', opts.seenEntries);
+      obj.load();
+      const probe = new AggregateProbe(obj);
+      for (const tp of TRACEPOINTS) probe.tracepoints.push(obj.attach(tp));
+      return probe;
+    } catch (err) {
+      obj.close();
+      throw err;
+    }
+  }
+
+  /** The tc program for a hook point (0-9). */
+  program(order: number): BpfProgram {
+    return this.obj.program(`nt_agent_${order}`);
+  }
+
+  /** Count drops and retransmits only in these namespaces (the node's and its pods'). */
+  watchNetns(inos: Iterable<number>): void {
+    const want = new Set(inos);
+    const map = this.obj.map('nt_netns');
+    for (const ino of want) {
+      if (!this.seenNetns.has(ino)) map.update(u32(ino), u32(1));
+    }
+    for (const ino of this.seenNetns) if (!want.has(ino)) map.delete(u32(ino));
+    this.seenNetns.clear();
+    for (const ino of want) this.seenNetns.add(ino);
+  }
+
+  latency(): LatencyHistogram[] {
+    const lat = this.perCpuArray(this.obj.map('nt_lat'));
+    const sums = this.perCpuArray(this.obj.map('nt_lat_sum'));
+    const out: LatencyHistogram[] = [];
+    for (let order = 0; order < ORDER.COUNT; order++) {
+      const counts = lat.slice(order * LAT_BUCKETS, (order + 1) * LAT_BUCKETS);
+      out.push({ order, counts, sumNs: sums[order] ?? 0 });
+    }
+    return out;
+  }
+
+  drops(): DropCount[] {
+    const map = this.obj.map('nt_drops');
+    const stride = 8;
+    const { keys, values, count } = map.lookupAll(stride * this.cpus);
+    const out: DropCount[] = [];
+    for (let i = 0; i < count; i++) {
+      const k = i * map.keySize;
+      out.push({
+        reason: keys.readUInt32LE(k + DROP_KEY_FIELDS.reason.offset),
+        order: keys.readUInt8(k + DROP_KEY_FIELDS.order.offset),
+        count: sum64(values, i * stride * this.cpus, this.cpus, stride),
+      });
+    }
+    return out;
+  }
+
+  retransmits(): RetransmitCount[] {
+    const map = this.obj.map('nt_retrans');
+    const { keys, values, count } = map.lookupAll();
+    const K = RETRANS_KEY_FIELDS;
+    const V = RETRANS_VALUE_FIELDS;
+    const out: RetransmitCount[] = [];
+    for (let i = 0; i < count; i++) {
+      const k = i * map.keySize;
+      const v = i * map.valueSize;
+      out.push({
+        family: keys.readUInt8(k + K.family.offset),
+        saddr: keys.subarray(k + K.saddr.offset, k + K.saddr.offset + K.saddr.length),
+        daddr: keys.subarray(k + K.daddr.offset, k + K.daddr.offset + K.daddr.length),
+        sport: keys.readUInt16LE(k + K.sport.offset),
+        dport: keys.readUInt16LE(k + K.dport.offset),
+        retransmits: Number(values.readBigUInt64LE(v + V.retransmits.offset)),
+        segments: Number(values.readBigUInt64LE(v + V.segments.offset)),
+      });
+    }
+    return out;
+  }
+
+  lostRecords(): number {
+    return this.perCpuArray(this.obj.map('nt_lost'))[0] ?? 0;
+  }
+
+  drain(fn: RecordHandler, max?: number): number {
+    return this.ring.drain(fn, max);
+  }
+
+  close(): void {
+    for (const tp of this.tracepoints.splice(0)) tp.detach();
+    this.ring.close();
+    this.obj.close();
+  }
+
+  /** Every u64 slot of a per-CPU array, summed over CPUs, in one batch read. */
+  private perCpuArray(map: BpfMap): number[] {
+    const stride = 8;
+    const { keys, values, count } = map.lookupAll(stride * this.cpus);
+    const out: number[] = [];
+    for (let i = 0; i < count; i++) out[keys.readUInt32LE(i * 4)] = sum64(values, i * stride * this.cpus, this.cpus, stride);
+    return out;
+  }
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n >>> 0);
+  return b;
+}
