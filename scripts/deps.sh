@@ -3,7 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iproute2 iputils-ping iperf3 iptables ethtool curl procps python3 util-linux)
+# prometheus: the server and promtool, for the agent and alert-rule tests
+APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iproute2 iputils-ping iperf3 iptables ethtool curl procps python3 util-linux prometheus)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -13,6 +13,7 @@ import { SampleGrouper, type SampledPacket } from '../flow/sampled';
 import { DepartureLog, Log2Histogram, PeerDepartures } from '../flow/wire';
 import { AggregateProbe } from '../probe/aggregate';
 import { attachAll, type AttachMechanism, type HookSet } from '../probe/attach';
+import { cleanupNetns } from '../probe/cleanup';
 import { decodeHopRecord, ORDER } from '../probe/layout.generated';
 import { discoverNode } from '../topology/discover';
 import type { Device, NodeTopology } from '../topology/model';
@@ -213,6 +214,11 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
         endpoint: opts.otlpEndpoint, node: nodeName, wallNs: (ts) => clock.wallNs(ts), hookLabels, dropReason, log: opts.log,
         onExport: (ok) => { if (!ok) metrics.exportFailures.inc({ exporter: 'otlp' }); },
       });
+    }
+    if (opts.attach === 'tc') {
+      // classic tc filters outlive a killed agent: the next start removes them
+      const removed = [opts.node, ...topology.pods.map((p) => p.netns)].flatMap(cleanupNetns);
+      if (removed.length) opts.log(`removed ${removed.length} tc filters a previous nettrace left behind`);
     }
     sync();
   } catch (err) {

@@ -163,12 +163,14 @@ export function createMetrics(src: MetricsSource): AgentMetrics {
   });
   new Gauge({ name: METRIC_NAMES.info, help: 'Always 1; labels tell the node this agent watches.', labelNames: ['node'], registers: [registry] }).set({ node }, 1);
 
+  const exportFailures = new Counter({ name: METRIC_NAMES.exportFailures, help: 'Export batches that failed (the agent keeps running).', labelNames: ['exporter'], registers: [registry] });
+  exportFailures.inc({ exporter: 'otlp' }, 0); // a zero series from the start: rate() and alerts see it
   return {
     registry,
     attachedHooks: new Gauge({ name: METRIC_NAMES.attachedHooks, help: 'tc hooks the agent has a program on.', registers: [registry] }),
     attachErrors: new Counter({ name: METRIC_NAMES.attachErrors, help: 'Devices the agent failed to attach to.', registers: [registry] }),
     sampled: new Counter({ name: METRIC_NAMES.sampled, help: 'Packets picked by the consistent sampler that became traces.', registers: [registry] }),
     spans: new Counter({ name: METRIC_NAMES.spans, help: 'Spans handed to the OTLP exporter.', registers: [registry] }),
-    exportFailures: new Counter({ name: METRIC_NAMES.exportFailures, help: 'Export batches that failed (the agent keeps running).', labelNames: ['exporter'], registers: [registry] }),
+    exportFailures,
   };
 }

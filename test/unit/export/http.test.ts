@@ -1,0 +1,23 @@
+// --metrics-addr parsing: what a user types, and the one-line errors for what is wrong.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { parseListenAddress } from '../../../src/export/http';
+
+test('HOST:PORT, [V6]:PORT and :PORT', () => {
+  assert.deepEqual(parseListenAddress('127.0.0.1:9101'), { host: '127.0.0.1', port: 9101 });
+  assert.deepEqual(parseListenAddress('[::1]:9101'), { host: '::1', port: 9101 });
+  assert.deepEqual(parseListenAddress(':9101'), { host: '0.0.0.0', port: 9101 });
+  assert.deepEqual(parseListenAddress('localhost:0'), { host: 'localhost', port: 0 });
+});
+
+test('bad addresses name what is wrong and what to give', () => {
+  for (const [s, want] of [['9101', /is not HOST:PORT/], ['host:', /is not HOST:PORT/], ['1.2.3.4:65536', /above 65535/],
+    ['[nope]:80', /is not HOST:PORT|not an IPv6 address/], ['a b:80', /is not HOST:PORT|not an address/]] as const) {
+    assert.throws(() => parseListenAddress(s), (e: Error & { code?: string; next?: string }) => {
+      assert.equal(e.code, 'E_USAGE');
+      assert.match(e.message, want);
+      assert.match(e.next ?? '', /HOST:PORT/);
+      return true;
+    }, s);
+  }
+});

@@ -1,0 +1,43 @@
+// The kernel's log2 buckets become a standard Prometheus histogram: cumulative, in seconds, with +Inf, _sum and _count.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { createMetrics, type MetricsSource } from '../../../src/export/prometheus';
+
+function source(counts: number[][], drops: MetricsSource['drops'] = () => []): MetricsSource {
+  return {
+    node: 'node1',
+    latency: () => counts.map((c, order) => ({ order, counts: c, sumNs: c.reduce((s, n, b) => s + n * 2 ** b, 0) })),
+    wireLatency: () => null,
+    drops,
+    retransmits: () => [],
+    lostRecords: () => 0,
+    hookLabels: (order) => (order === 2 ? { step: 3, step_name: 'bridge', device: 'cni0', hook: 'ingress' } : null),
+    dropLabels: (order) => (order === 2 ? { step: 4, step_name: 'routing', device: 'cni0', hook: 'ingress' } : null),
+    dropReason: (r) => (r === 12 ? 'NETFILTER_DROP' : `REASON_${r}`),
+    podOf: (_f, _a) => ({ pod: '', ip: '' }),
+  };
+}
+
+test('log2-ns buckets: cumulative counts at le = 2^k ns, only for hooks the node has', async () => {
+  const counts = Array.from({ length: 10 }, () => new Array<number>(64).fill(0));
+  counts[2]![3] = 5; // 8-15 ns: below the first bound (128 ns)
+  counts[2]![10] = 2; // 1024-2047 ns
+  counts[2]![40] = 1; // ~18 minutes: beyond the last bound
+  const text = await createMetrics(source(counts)).registry.metrics();
+  const line = (le: string) => text.split('\n').find((l) => l.startsWith('nettrace_hop_latency_seconds_bucket{') && l.includes(`le="${le}"`));
+  assert.match(line('1.28e-7')!, /node="node1",step="3",step_name="bridge",device="cni0",hook="ingress",le="1.28e-7"} 5$/);
+  assert.match(line('0.000001024')!, / 5$/); // 2^10 ns: bucket 10 starts there, not yet counted
+  assert.match(line('0.000002048')!, / 7$/);
+  assert.match(line('17.179869184')!, / 7$/);
+  assert.match(line('+Inf')!, / 8$/);
+  assert.match(text, /nettrace_hop_latency_seconds_count\{[^}]*step="3"[^}]*\} 8\n/);
+  assert.equal(text.match(/nettrace_hop_latency_seconds_count/g)!.length, 1, 'orders without a device on this node print nothing');
+  assert.match(text, /# TYPE nettrace_hop_latency_seconds histogram/);
+});
+
+test('drops carry the reason name and the step the packet died in; off-path drops say so', async () => {
+  const text = await createMetrics(source([], () => [{ reason: 12, order: 2, count: 3 }, { reason: 2, order: 255, count: 4 }])).registry.metrics();
+  assert.match(text, /nettrace_drops_total\{node="node1",reason="NETFILTER_DROP",step="4",step_name="routing",device="cni0"\} 3/);
+  assert.match(text, /nettrace_drops_total\{node="node1",reason="REASON_2",step="none",step_name="not on a pod path",device=""\} 4/);
+  assert.match(text, /nettrace_agent_process_cpu_seconds_total/);
+});

@@ -1,0 +1,55 @@
+// Sampled packets: the same packet gets the same trace id on every node; hops group per packet in path order.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { SampleGrouper, stepSpanId } from '../../../src/flow/sampled';
+import { ORDER, RECORD_KIND, type HopRecord } from '../../../src/probe/layout.generated';
+
+function rec(order: number, ts: number, over: Partial<HopRecord> = {}): HopRecord {
+  return {
+    ts_ns: ts, netns_ino: 4026530000 + order, ifindex: order + 2, flow_id: 0, skb_len: 98,
+    saddr: Uint8Array.from([10, 244, 1, 5, ...Array(12).fill(0)]), daddr: Uint8Array.from([10, 244, 2, 8, ...Array(12).fill(0)]),
+    sport: 7, dport: 0, seq: 1, ack: 0, ip_id: 4242, ip_len: 84, payload_len: 56, gso_segs: 0, vni: 0, family: 4, proto: 1,
+    hook: 0, direction: 0, flags: 0, tcp_flags: 0, icmp_type: 8, kind: RECORD_KIND.HOP, reason: 0, order, ...over,
+  };
+}
+
+test('two nodes see one packet: same trace id and root span id, each node its own hops', () => {
+  const node1 = new SampleGrouper();
+  const node2 = new SampleGrouper();
+  for (const [o, ts] of [[1, 110], [0, 100], [2, 130], [3, 150]] as const) assert.equal(node1.add(rec(o, ts)).packet, undefined);
+  const sent = node1.add(rec(ORDER.UNDERLAY_EGRESS, 170)).packet!;
+  assert.deepEqual(sent.hops.map((h) => h.order), [0, 1, 2, 3, 4], 'in path order whatever the ring order');
+  for (const [o, ts] of [[5, 200], [6, 220], [7, 240], [8, 250]] as const) node2.add(rec(o, ts, { flags: 1, vni: 1 }));
+  const received = node2.add(rec(ORDER.POD_INGRESS, 260)).packet!;
+  assert.equal(received.traceId, sent.traceId);
+  assert.equal(received.rootSpanId, sent.rootSpanId);
+  assert.match(sent.traceId, /^[0-9a-f]{32}$/);
+  assert.match(sent.rootSpanId, /^[0-9a-f]{16}$/);
+  assert.equal(stepSpanId(sent.traceId, 6), stepSpanId(received.traceId, 6));
+  assert.notEqual(stepSpanId(sent.traceId, 6), stepSpanId(sent.traceId, 7));
+});
+
+test('another packet of the flow is another trace; a quiet packet is flushed; a retransmit goes to its flow\'s trace', () => {
+  let now = 0;
+  const g = new SampleGrouper(300, () => now);
+  g.add(rec(0, 100));
+  g.add(rec(0, 100, { ip_id: 4243, seq: 2 }));
+  assert.deepEqual(g.expire(), []);
+  now = 301;
+  const quiet = g.expire();
+  assert.equal(quiet.length, 2);
+  assert.notEqual(quiet[0]!.traceId, quiet[1]!.traceId);
+  const r1 = g.add(rec(255, 1, { kind: RECORD_KIND.RETRANS, proto: 6, sport: 40000, dport: 5201, seq: 10, gso_segs: 3 })).retransmit!;
+  const r2 = g.add(rec(255, 2, { kind: RECORD_KIND.RETRANS, proto: 6, sport: 40000, dport: 5201, seq: 99, gso_segs: 1 })).retransmit!;
+  assert.equal(r1.traceId, r2.traceId);
+  assert.equal(r1.segments, 3);
+});
+
+test('a drop ends the packet with its reason and last hook', () => {
+  const g = new SampleGrouper();
+  g.add(rec(1, 10));
+  g.add(rec(2, 20));
+  const p = g.add(rec(2, 30, { kind: RECORD_KIND.DROP, reason: 12 })).packet!;
+  assert.deepEqual(p.drop, { reason: 12, order: 2, tsNs: 30 });
+  assert.deepEqual(p.hops.map((h) => h.order), [1, 2]);
+});
