@@ -13,11 +13,12 @@ import { discoverCluster } from '../src/topology/discover';
 import { allDevices } from '../src/topology/model';
 import { namedNetns } from '../src/topology/netns';
 import { ipBytes, ether, ipv4 } from '../test/helpers/packets';
+import { agentMemory, agentPerRun, agentThroughput, attachTime, deletePods } from './agent';
 
 const PREFIX = 'ntbench-';
 const A = '10.244.1.5';
 const B = '10.244.2.8';
-const ROUNDS = 5;
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 const SECONDS = 2;
 
 function median(xs: number[]): number {
@@ -124,24 +125,38 @@ function decodeRate(): void {
   console.log(`records decoded: ${(full / 1e6).toFixed(1)} M/s (goal >= 5); baseline one field a record ${(base / 1e6).toFixed(1)} M/s; ratio ${(full / base).toFixed(3)}`);
 }
 
+/** `make bench` runs every section; `node dist/bench/run.js agent` (or follow) one of them. */
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('make bench needs root');
-  perRun();
-  decodeRate();
+  const only = process.argv[2];
+  const want = (section: string) => !only || only === section;
+  if (want('follow')) {
+    perRun();
+    decodeRate();
+  }
+  if (want('agent')) agentPerRun(ROUNDS);
   testbedDown(PREFIX);
   const tb = testbedUp({ prefix: PREFIX });
   const podA = tb.pods[0]!.netns;
+  const nodes = tb.nodes.map((n) => n.netns);
   const server = spawn('ip', ['netns', 'exec', tb.pods[1]!.netns, 'iperf3', '-s'], { stdio: 'ignore' });
   try {
     await new Promise((r) => setTimeout(r, 500));
-    await throughput(tb.nodes.map((n) => n.netns), podA);
+    if (want('follow')) await throughput(nodes, podA);
+    if (want('agent')) {
+      await agentThroughput(nodes, (args) => iperf(podA, args), ROUNDS);
+      await agentMemory(nodes[0]!);
+      await attachTime(nodes[0]!, PREFIX, 250, 3);
+    }
   } finally {
     server.kill('SIGKILL');
+    deletePods(PREFIX);
     testbedDown(PREFIX);
   }
 }
 
 main().catch((err: Error) => {
+  deletePods(PREFIX);
   testbedDown(PREFIX);
   console.error(`bench failed: ${err.message}`);
   process.exit(1);

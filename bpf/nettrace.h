@@ -124,8 +124,12 @@ struct nt_retrans_value {
 	__u64 segments;		/* sum of their gso_segs: what went on the wire again */
 };
 
-/* Agent: where a packet was last seen on this node (LRU by packet hash). */
+/* Agent: where a packet was last seen on this node; a per-CPU, direct-mapped table
+ * indexed by the packet hash (NT_SEEN_SLOTS, a power of two). */
+#define NT_SEEN_SLOTS 4096
+
 struct nt_seen {
+	__u64 hash;		/* which packet holds the slot; 0 = free */
 	__u64 ts_ns;
 	__u32 order;
 	__u32 _pad;

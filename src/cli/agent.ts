@@ -90,6 +90,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   let monitor: ChildProcess | null = null;
   const timers: NodeJS.Timeout[] = [];
   let stopped = false;
+  let attachMs = 0;
 
   const roleDevice = (role: string): Device | null =>
     role === 'underlay' ? topology.underlay : role === 'tunnel' ? topology.tunnel : role === 'bridge' ? topology.bridge : null;
@@ -220,7 +221,9 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
       const removed = [opts.node, ...topology.pods.map((p) => p.netns)].flatMap(cleanupNetns);
       if (removed.length) opts.log(`removed ${removed.length} tc filters a previous nettrace left behind`);
     }
+    const t0 = performance.now();
     sync();
+    attachMs = performance.now() - t0;
   } catch (err) {
     for (const key of [...hooks.keys()]) detachDevice(key);
     probe.close();
@@ -251,7 +254,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   }
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : opts.metricsAddr.port;
-  opts.log(`ready: agent on ${nodeName}: ${[...hooks.values()].reduce((n, h) => n + h.set.attachments.length, 0)} hooks on ${hooks.size} devices, metrics on ${opts.metricsAddr.host}:${port}${sink ? `, spans to ${opts.otlpEndpoint}` : ''}`);
+  opts.log(`ready: agent on ${nodeName}: ${[...hooks.values()].reduce((n, h) => n + h.set.attachments.length, 0)} hooks on ${hooks.size} devices in ${attachMs.toFixed(0)} ms, metrics on ${opts.metricsAddr.host}:${port}${sink ? `, spans to ${opts.otlpEndpoint}` : ''}`);
 
   return {
     port,

@@ -9,8 +9,8 @@ export interface AggregateOptions {
   vxlanPorts: number[];
   /** 1 in N packets become ring records (span material); 0 = none */
   sampleEvery: number;
-  /** packets in flight remembered per node for hop matching */
-  seenEntries?: number;
+  /** attach the drop and retransmit tracepoints (default true) */
+  tracepoints?: boolean;
 }
 
 /** One hook point's latency histogram, summed over CPUs. */
@@ -65,10 +65,9 @@ export class AggregateProbe {
       const ports = [...new Set(opts.vxlanPorts)].slice(0, MAX_VXLAN_PORTS);
       for (let i = 0; i < MAX_VXLAN_PORTS; i++) cfg.writeUInt16LE(ports[i] ?? 0, CONFIG_FIELDS.vxlan_ports.offset + 2 * i);
       cfg.writeUInt32LE(opts.sampleEvery, CONFIG_FIELDS.sample_every.offset);
-      if (opts.seenEntries) obj.setMaxEntries('nt_seen', opts.seenEntries);
       obj.load();
       const probe = new AggregateProbe(obj);
-      for (const tp of TRACEPOINTS) probe.tracepoints.push(obj.attach(tp));
+      if (opts.tracepoints !== false) for (const tp of TRACEPOINTS) probe.tracepoints.push(obj.attach(tp));
       return probe;
     } catch (err) {
       obj.close();

@@ -105,11 +105,12 @@ export const RETRANS_VALUE_FIELDS = {
   segments: { offset: 8, kind: 'u64', length: 8 },
 } as const;
 
-export const SEEN_SIZE = 16;
+export const SEEN_SIZE = 24;
 export const SEEN_FIELDS = {
-  ts_ns: { offset: 0, kind: 'u64', length: 8 },
-  order: { offset: 8, kind: 'u32', length: 4 },
-  _pad: { offset: 12, kind: 'u32', length: 4 },
+  hash: { offset: 0, kind: 'u64', length: 8 },
+  ts_ns: { offset: 8, kind: 'u64', length: 8 },
+  order: { offset: 16, kind: 'u32', length: 4 },
+  _pad: { offset: 20, kind: 'u32', length: 4 },
 } as const;
 
 export interface HopRecord {

@@ -1,0 +1,198 @@
+// Benchmarks of `nettrace agent`: its cost on pod-to-pod traffic against empty programs (the
+// limit), per-run cost of the aggregate program, memory, and time to attach to many pods.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { BpfObject, testRun } from '../src/libbpf';
+import { attachAll } from '../src/probe/attach';
+import { AggregateProbe } from '../src/probe/aggregate';
+import { bpfObjectPath } from '../src/probe/paths';
+import { discoverCluster } from '../src/topology/discover';
+import { allDevices } from '../src/topology/model';
+import { namedNetns } from '../src/topology/netns';
+import { ether, ipv4 } from '../test/helpers/packets';
+
+const NETTRACE = path.resolve(__dirname, '../../bin/nettrace');
+const A = '10.244.1.5';
+const B = '10.244.2.8';
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+interface Agent {
+  child: ChildProcess;
+  ready: string;
+  stop(): Promise<void>;
+}
+
+/** A real agent process on one node namespace; resolves at its ready: line. */
+export function startAgentProcess(node: string, port: number, extra: string[] = []): Promise<Agent> {
+  const child = spawn(NETTRACE, ['agent', '--nodes', node, '--metrics-addr', `127.0.0.1:${port}`, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`agent not ready in 60 s: ${err}`)), 60000);
+    child.stderr!.on('data', (d: Buffer) => {
+      err += d.toString();
+      const m = /^ready:.*$/m.exec(err);
+      if (m) {
+        clearTimeout(timer);
+        resolve({ child, ready: m[0], stop: async () => { child.kill('SIGTERM'); await exited; } });
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`agent exited ${code}: ${err}`)));
+  });
+}
+
+function rssMb(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+type Mode = 'none' | 'empty' | 'agent';
+
+async function withMode<T>(mode: Mode, nodes: string[], fn: () => Promise<T>): Promise<T> {
+  if (mode === 'none') return fn();
+  if (mode === 'empty') {
+    const obj = BpfObject.open(bpfObjectPath('empty'));
+    obj.load();
+    const prog = obj.program('nt_empty');
+    const hooks = attachAll(allDevices(discoverCluster(nodes.map(namedNetns))), { ingress: prog, egress: prog });
+    try {
+      return await fn();
+    } finally {
+      hooks.detach();
+      obj.close();
+    }
+  }
+  const ports = [19301, 19302];
+  const agents = await Promise.all(nodes.map((n, i) => startAgentProcess(n, ports[i]!, ['--peers', `http://127.0.0.1:${ports[1 - i]}`])));
+  try {
+    return await fn();
+  } finally {
+    await Promise.all(agents.map((a) => a.stop()));
+  }
+}
+
+export async function agentThroughput(nodes: string[], iperf: (args: string[]) => Promise<number>, rounds: number): Promise<void> {
+  const modes: Mode[] = ['none', 'empty', 'agent'];
+  for (const [what, args, unit, scale, goal] of [
+    ['TCP', [], 'Gbit/s', 1e9, 0.98],
+    ['UDP 64-byte packets', ['-u', '-l', '64', '-b', '0'], 'kpps', 1e3, 0.95],
+  ] as const) {
+    const runs: Record<Mode, number[]> = { none: [], empty: [], agent: [] };
+    for (let r = 0; r < rounds; r++) for (const m of modes) runs[m].push(await withMode(m, nodes, () => iperf([...args])));
+    const med = Object.fromEntries(modes.map((m) => [m, median(runs[m])])) as Record<Mode, number>;
+    console.log(`iperf3 ${what} pod A -> pod B with both agents (sampling 1 in 1000), ${rounds} interleaved rounds, medians:`);
+    for (const m of modes) console.log(`  ${m.padEnd(6)} ${(med[m] / scale).toFixed(2)} ${unit}  (rounds: ${runs[m].map((x) => (x / scale).toFixed(2)).join(' ')})`);
+    console.log(`  agent / empty programs (goal >= ${goal}): ${(med.agent / med.empty).toFixed(3)};  agent / no programs: ${(med.agent / med.none).toFixed(3)}`);
+  }
+}
+
+export function agentPerRun(rounds: number): void {
+  const probe = AggregateProbe.load({ vxlanPorts: [8472], sampleEvery: 0 });
+  const empty = BpfObject.open(bpfObjectPath('empty'));
+  empty.load();
+  const pkt = ether(ipv4(A, B, { proto: 'tcp', dport: 80 }));
+  const runs = { empty: [] as number[], first: [] as number[], next: [] as number[] };
+  for (let r = 0; r < rounds; r++) {
+    runs.empty.push(testRun(empty.program('nt_empty').fd, pkt, 1_000_000).durationNs);
+    // the same packet at two hooks: the first sighting inserts into the LRU, the next matches and counts
+    runs.first.push(testRun(probe.program(1).fd, pkt, 1_000_000).durationNs);
+    runs.next.push(testRun(probe.program(2).fd, pkt, 1_000_000).durationNs);
+  }
+  const e = median(runs.empty);
+  console.log('ns per aggregate program run (BPF_PROG_TEST_RUN, includes the harness):');
+  console.log(`  empty ${e} ns; agent hook matching the previous hook (LRU hit, histogram) ${median(runs.next)} ns (+${median(runs.next) - e}); repeated first sighting ${median(runs.first)} ns (+${median(runs.first) - e})`);
+  probe.close();
+  empty.close();
+}
+
+/** Puts n synthetic TCP flows into a running agent's retransmit map, so a scrape has n series to build. */
+function fillRetransmits(n: number): void {
+  const maps = JSON.parse(spawnSync('bpftool', ['-j', 'map', 'show'], { encoding: 'utf8' }).stdout) as { id: number; name: string }[];
+  const id = maps.filter((m) => m.name === 'nt_retrans').map((m) => m.id).pop();
+  if (id === undefined) throw new Error('no nt_retrans map');
+  const lines: string[] = [];
+  const hex = (b: number[]) => b.map((x) => x.toString(16).padStart(2, '0')).join(' ');
+  for (let i = 0; i < n; i++) {
+    const key = [10, 244, 1, 5, ...Array(12).fill(0), 10, 245, (i >> 8) & 0xff, i & 0xff, ...Array(12).fill(0),
+      (40000 + (i % 1000)) & 0xff, (40000 + (i % 1000)) >> 8, (1000 + (i % 50000)) & 0xff, (1000 + (i % 50000)) >> 8, 4, 0, 0, 0];
+    lines.push(`map update id ${id} key hex ${hex(key)} value hex ${hex([1, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0])}`);
+  }
+  const file = path.join(os.tmpdir(), 'nettrace-bench-retrans.batch');
+  writeFileSync(file, lines.join('\n') + '\n');
+  const r = spawnSync('bpftool', ['batch', 'file', file], { encoding: 'utf8', maxBuffer: 64 << 20 });
+  if (r.status !== 0) throw new Error(`bpftool batch: ${r.stderr.slice(0, 300)}`);
+}
+
+export async function agentMemory(node: string): Promise<void> {
+  const port = 19303;
+  const agent = await startAgentProcess(node, port);
+  try {
+    await new Promise((r) => setTimeout(r, 2000));
+    await fetch(`http://127.0.0.1:${port}/metrics`).then((r) => r.text());
+    const idle = rssMb(agent.child.pid!);
+    const t0 = performance.now();
+    fillRetransmits(100_000);
+    const fillMs = performance.now() - t0;
+    let series = 0;
+    const scrapeMs: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const s0 = performance.now();
+      const text = await fetch(`http://127.0.0.1:${port}/metrics`).then((r) => r.text());
+      scrapeMs.push(performance.now() - s0);
+      series = text.split('\n').filter((l) => l.startsWith('nettrace_tcp_retransmits_total{')).length;
+    }
+    const full = rssMb(agent.child.pid!);
+    console.log(`agent RSS: idle ${idle.toFixed(1)} MB (goal <= 80); with 100k flows in the retransmit map, after 3 scrapes ${full.toFixed(1)} MB (goal <= 150)`);
+    console.log(`  ${series} retransmit series per scrape, scrape ${median(scrapeMs).toFixed(0)} ms (filled in ${(fillMs / 1000).toFixed(1)} s by bpftool)`);
+  } finally {
+    await agent.stop();
+  }
+}
+
+/** n pods with their veths on node's bridge, made in two `ip -batch` runs. */
+function makePods(node: string, prefix: string, n: number): string[] {
+  const names = Array.from({ length: n }, (_, i) => `${prefix}bp${i}`);
+  const hostFile = path.join(os.tmpdir(), 'nettrace-bench-netns.batch');
+  writeFileSync(hostFile, names.map((p) => `netns add ${p}`).join('\n') + '\n');
+  const nodeFile = path.join(os.tmpdir(), 'nettrace-bench-veth.batch');
+  writeFileSync(nodeFile, names.flatMap((p, i) => [`link add vb${i} type veth peer name eth0 netns ${p}`, `link set vb${i} master cni0 up`]).join('\n') + '\n');
+  for (const [args, what] of [[['-b', hostFile], 'netns'], [['-n', node, '-b', nodeFile], 'veths']] as const) {
+    const r = spawnSync('ip', args, { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`creating ${n} pods (${what}): ${r.stderr.slice(0, 300)}`);
+  }
+  return names;
+}
+
+export function deletePods(prefix: string): void {
+  const names = (spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.match(new RegExp(`^${prefix}bp\\d+`, 'gm')) ?? []);
+  if (!names.length) return;
+  const file = path.join(os.tmpdir(), 'nettrace-bench-netns-del.batch');
+  writeFileSync(file, names.map((p) => `netns del ${p}`).join('\n') + '\n');
+  spawnSync('ip', ['-b', file]);
+}
+
+export async function attachTime(node: string, prefix: string, pods: number, rounds: number): Promise<void> {
+  makePods(node, prefix, pods);
+  try {
+    const ms: number[] = [];
+    let hooks = '';
+    for (let r = 0; r < rounds; r++) {
+      const agent = await startAgentProcess(node, 19304);
+      const m = /(\d+) hooks on (\d+) devices in (\d+) ms/.exec(agent.ready);
+      if (m) {
+        ms.push(Number(m[3]));
+        hooks = `${m[1]} hooks on ${m[2]} devices`;
+      }
+      await agent.stop();
+    }
+    console.log(`attach to ${pods} pod veths (discovery + ${hooks}): median ${median(ms)} ms (goal <= 1000; rounds: ${ms.join(' ')})`);
+  } finally {
+    deletePods(prefix);
+  }
+}
