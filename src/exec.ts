@@ -1,5 +1,5 @@
 // Running system tools (ip, tc, sysctl) with errors that name the command.
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { NettraceError } from './errors';
 
 export function run(cmd: string, args: string[], opts: { allowFail?: boolean; input?: string } = {}): string {
@@ -24,4 +24,14 @@ export function ipJson<T>(ns: string | null, args: string[]): T {
 
 export function ip(ns: string | null, args: string[], allowFail = false): string {
   return run('ip', [...(ns ? ['-n', ns] : []), ...args], { allowFail });
+}
+
+/** `ip -j ...` without blocking the event loop (for work done while serving). */
+export function ipJsonAsync<T>(ns: string | null, args: string[]): Promise<T> {
+  return new Promise((resolve, reject) => {
+    execFile('ip', [...(ns ? ['-n', ns] : []), '-j', ...args], { encoding: 'utf8' }, (err, out) => {
+      if (err) reject(new NettraceError('INTERNAL', `\`ip ${args.join(' ')}\` failed: ${err.message.split('\n')[0]}`, 'check the namespace exists'));
+      else resolve((out.trim() ? JSON.parse(out) : []) as T);
+    });
+  });
 }

@@ -12,10 +12,10 @@ import { addrString } from '../flow/assemble';
 import { SampleGrouper, type SampledPacket } from '../flow/sampled';
 import { DepartureLog, Log2Histogram, PeerDepartures } from '../flow/wire';
 import { AggregateProbe } from '../probe/aggregate';
-import { attachAll, type AttachMechanism, type HookSet } from '../probe/attach';
+import { attachEach, type AttachMechanism, type HookSet } from '../probe/attach';
 import { cleanupNetns } from '../probe/cleanup';
 import { decodeHopRecord, ORDER } from '../probe/layout.generated';
-import { discoverNode } from '../topology/discover';
+import { discoverNode, podAddresses } from '../topology/discover';
 import type { Device, NodeTopology } from '../topology/model';
 import type { NetnsRef } from '../topology/netns';
 import { ipNs } from '../topology/netns';
@@ -74,7 +74,10 @@ class WallClock {
 
 export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const nodeName = opts.node.name;
-  let topology = discoverNode(opts.node);
+  // pods' addresses (only labels need them) are read after attaching, a few at a time
+  const discover = () => discoverNode(opts.node, new Set(), { podDetails: false });
+  let topology = discover();
+  const podIpCache = new Map<string, string[]>();
   const vxlanPort = topology.tunnel?.vxlan?.port;
   const dropReasons = readBtfEnum('skb_drop_reason');
   const probe = AggregateProbe.load({ vxlanPorts: vxlanPort ? [vxlanPort] : [8472, 4789], sampleEvery: opts.sample });
@@ -102,7 +105,25 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     return { step: p.step, step_name: STEP_NAMES[p.step]!, device, hook: p.hook };
   };
   const dropReason = (r: number) => (dropReasons.get(r) ?? `REASON_${r}`).replace(/^SKB_DROP_REASON_/, '');
-  const podIps = () => new Map(topology.pods.flatMap((p) => p.ips.map((ip) => [ip, p.name] as const)));
+  let podByIp = new Map<string, string>();
+  const indexPodIps = () => {
+    podByIp = new Map(topology.pods.flatMap((p) => (podIpCache.get(p.name) ?? []).map((ip) => [ip, p.name] as const)));
+  };
+  let learning = false;
+  const learnAddresses = async () => {
+    if (learning) return;
+    learning = true;
+    try {
+      for (const p of topology.pods) {
+        if (stopped) return;
+        if (podIpCache.has(p.name)) continue;
+        podIpCache.set(p.name, await podAddresses(p).catch(() => [])); // a pod gone meanwhile has none
+        indexPodIps();
+      }
+    } finally {
+      learning = false;
+    }
+  };
 
   const source: MetricsSource = {
     node: nodeName,
@@ -121,41 +142,58 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     dropReason,
     podOf: (family, addr) => {
       const ip = addrString(addr, family);
-      return { ip, pod: podIps().get(ip) ?? '' };
+      return { ip, pod: podByIp.get(ip) ?? '' };
     },
   };
   const metrics = createMetrics(source);
 
-  const detachDevice = (key: string) => {
-    const h = hooks.get(key);
-    if (!h) return;
-    h.set.detach();
-    hooks.delete(key);
-  };
-
-  /** Attach to devices that appeared, release those that went. */
-  const sync = () => {
-    if (stopped) return;
+  /** Attach to devices that appeared, release those that went. One at a time: a rescan waits for the last. */
+  let syncing: Promise<void> | null = null;
+  let again = false;
+  const syncOnce = async () => {
     try {
-      topology = discoverNode(opts.node);
+      topology = discover();
     } catch (err) {
       opts.log(`warning: rescanning ${nodeName} failed: ${(err as Error).message}`);
       return;
     }
     const want = new Map(nodeDevices(topology).map((d) => [devKey(d), d]));
-    for (const key of [...hooks.keys()]) if (!want.has(key)) detachDevice(key);
-    for (const [key, device] of want) {
-      if (hooks.has(key)) continue;
-      try {
-        const set = attachAll([device], (d, dir) => probe.program(orderOf(d.role, dir).order), opts.attach);
-        hooks.set(key, { device, set });
-      } catch (err) {
-        metrics.attachErrors.inc();
-        opts.log(`warning: ${(err as Error).message}`);
-      }
+    const gone = [...hooks.keys()].filter((key) => !want.has(key));
+    for (const key of gone) {
+      hooks.get(key)!.set.detach();
+      hooks.delete(key);
+    }
+    const fresh = [...want].filter(([key]) => !hooks.has(key)).map(([, d]) => d);
+    const { attached, failed } = attachEach(fresh, (d, dir) => probe.program(orderOf(d.role, dir).order), opts.attach);
+    for (const { device, set } of attached) {
+      if (stopped) set.detach();
+      else hooks.set(devKey(device), { device, set });
+    }
+    for (const { error } of failed) {
+      metrics.attachErrors.inc();
+      opts.log(`warning: ${error.message}`);
     }
     probe.watchNetns([opts.node.ino, ...topology.pods.map((p) => p.netns.ino)]);
+    const live = new Set(topology.pods.map((p) => p.name));
+    for (const name of podIpCache.keys()) if (!live.has(name)) podIpCache.delete(name);
+    indexPodIps();
+    void learnAddresses();
     metrics.attachedHooks.set([...hooks.values()].reduce((n, h) => n + h.set.attachments.length, 0));
+  };
+  const sync = (): Promise<void> => {
+    if (stopped) return Promise.resolve();
+    if (syncing) {
+      again = true;
+      return syncing;
+    }
+    syncing = syncOnce().finally(() => {
+      syncing = null;
+      if (again && !stopped) {
+        again = false;
+        void sync();
+      }
+    });
+    return syncing;
   };
 
   const emit = (p: SampledPacket, departure: { wallNs: bigint; node: string } | null) => {
@@ -222,10 +260,11 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
       if (removed.length) opts.log(`removed ${removed.length} tc filters a previous nettrace left behind`);
     }
     const t0 = performance.now();
-    sync();
+    await sync();
     attachMs = performance.now() - t0;
   } catch (err) {
-    for (const key of [...hooks.keys()]) detachDevice(key);
+    for (const h of hooks.values()) h.set.detach();
+    hooks.clear();
     probe.close();
     server?.close();
     await sink?.shutdown().catch(() => {});
@@ -235,13 +274,13 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   // pods come and go: a link event triggers a rescan; a slow full rescan catches anything missed
   let pending: NodeJS.Timeout | null = null;
   const soon = () => {
-    if (!pending) pending = setTimeout(() => { pending = null; sync(); }, 50);
+    if (!pending) pending = setTimeout(() => { pending = null; void sync(); }, 50);
   };
   const ns = ipNs(opts.node);
   monitor = spawn('ip', [...(ns ? ['-n', ns] : []), 'monitor', 'link'], { stdio: ['ignore', 'pipe', 'ignore'] });
   monitor.stdout?.on('data', soon);
   monitor.on('error', () => opts.log('warning: `ip monitor link` is unavailable; pods are picked up by the periodic rescan only'));
-  timers.push(setInterval(sync, opts.rescanMs));
+  timers.push(setInterval(() => void sync(), opts.rescanMs));
   timers.push(setInterval(poll, POLL_MS));
   timers.push(setInterval(() => clock.measure(), 60_000));
   if (peers.enabled) {
@@ -264,7 +303,10 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
       for (const t of timers) clearInterval(t);
       if (pending) clearTimeout(pending);
       monitor?.kill();
-      for (const key of [...hooks.keys()]) detachDevice(key);
+      await syncing;
+      // tcx: each link's release waits for an RCU grace period (~10 ms here)
+      for (const h of hooks.values()) h.set.detach();
+      hooks.clear();
       poll();
       for (const p of grouper.expire(true)) emit(p, null);
       for (const { p } of waiting.splice(0)) emit(p, null);

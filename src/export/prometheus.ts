@@ -26,6 +26,9 @@ export interface MetricsSource {
   podOf(family: number, addr: Uint8Array): { pod: string; ip: string };
 }
 
+/** Retransmit series per scrape at most; beyond, flows are summed into destination_ip="other". */
+export const MAX_FLOW_SERIES = 1000;
+
 /** underlay ingress: where step 6 (the wire between nodes) ends */
 const WIRE_ORDER = 5;
 
@@ -122,23 +125,37 @@ export function createMetrics(src: MetricsSource): AgentMetrics {
   });
 
   const retransmitLabels = ['node', 'source_pod', 'destination_pod', 'source_ip', 'destination_ip', 'destination_port'] as const;
+  // retransmits() sums over source ports: one series per endpoint pair, not per connection
+  // both counters read the same map: once per scrape
+  let flowCache: { at: number; flows: ReturnType<typeof readFlows> } | null = null;
   const byFlow = () => {
-    // the source port is left out: one series per endpoint pair, not per connection
-    const flows = new Map<string, { labels: Record<(typeof retransmitLabels)[number], string>; retransmits: number; segments: number }>();
-    for (const r of src.retransmits()) {
+    if (!flowCache || Date.now() - flowCache.at > 500) flowCache = { at: Date.now(), flows: readFlows() };
+    return flowCache.flows;
+  };
+  const readFlows = () => {
+    // bounded cardinality: the flows that resend most keep their own series, the rest add up in one
+    const all = src.retransmits().sort((a, b) => b.segments - a.segments);
+    const keep = all.length <= MAX_FLOW_SERIES ? all : all.slice(0, MAX_FLOW_SERIES - 1);
+    const out = keep.map((r) => {
       const s = src.podOf(r.family, r.saddr);
       const d = src.podOf(r.family, r.daddr);
-      const labels = { node, source_pod: s.pod, destination_pod: d.pod, source_ip: s.ip, destination_ip: d.ip, destination_port: String(r.dport) };
-      const key = JSON.stringify(labels);
-      const f = flows.get(key) ?? { labels, retransmits: 0, segments: 0 };
-      f.retransmits += r.retransmits;
-      f.segments += r.segments;
-      flows.set(key, f);
+      return {
+        labels: { node, source_pod: s.pod, destination_pod: d.pod, source_ip: s.ip, destination_ip: d.ip, destination_port: String(r.dport) },
+        retransmits: r.retransmits, segments: r.segments,
+      };
+    });
+    if (keep.length < all.length) {
+      const rest = { labels: { node, source_pod: '', destination_pod: '', source_ip: 'other', destination_ip: 'other', destination_port: 'other' }, retransmits: 0, segments: 0 };
+      for (let i = keep.length; i < all.length; i++) {
+        rest.retransmits += all[i]!.retransmits;
+        rest.segments += all[i]!.segments;
+      }
+      out.push(rest);
     }
-    return [...flows.values()];
+    return out;
   };
   new Counter({
-    name: METRIC_NAMES.retransmits, help: 'TCP retransmits (tcp_retransmit_skb calls) by the sockets of this node\'s pods, by flow endpoints.',
+    name: METRIC_NAMES.retransmits, help: 'TCP retransmits (tcp_retransmit_skb calls) by the sockets of this node\'s pods, by flow endpoints (the 1000 worst; the rest under destination_ip="other").',
     labelNames: retransmitLabels, registers: [registry],
     collect() {
       this.reset();

@@ -39,24 +39,31 @@ export class BpfMap {
     const keyParts: Buffer[] = [];
     const valueParts: Buffer[] = [];
     let count = 0;
+    this.lookupChunks((keys, values, got) => {
+      keyParts.push(Buffer.from(keys.subarray(0, got * this.keySize)));
+      valueParts.push(Buffer.from(values.subarray(0, got * entryValueSize)));
+      count += got;
+    }, entryValueSize, chunk);
+    return { keys: Buffer.concat(keyParts), values: Buffer.concat(valueParts), count };
+  }
+
+  /** Every entry, a batch at a time: fn sees `got` entries in buffers it must not keep (they are reused). */
+  lookupChunks(fn: (keys: Buffer, values: Buffer, got: number) => void, entryValueSize = this.valueSize, chunk = 4096): void {
     const inBatch = Buffer.alloc(Math.max(this.keySize, 8));
     const outBatch = Buffer.alloc(Math.max(this.keySize, 8));
     let first = true;
+    const keys = Buffer.alloc(this.keySize * chunk);
+    const values = Buffer.alloc(entryValueSize * chunk);
     for (;;) {
-      const keys = Buffer.alloc(this.keySize * chunk);
-      const values = Buffer.alloc(entryValueSize * chunk);
       const n = [chunk];
       const ret = c.bpf_map_lookup_batch(this.fd, first ? null : inBatch, outBatch, keys, values, n, null) as number;
       const got = n[0] ?? 0;
       if (ret < 0 && ret !== -ENOENT) throw bpfError(`batch lookup of map ${this.name}`, ret, 'the kernel needs BPF_MAP_LOOKUP_BATCH (5.6+)');
-      keyParts.push(keys.subarray(0, got * this.keySize));
-      valueParts.push(values.subarray(0, got * entryValueSize));
-      count += got;
+      if (got) fn(keys, values, got);
       if (ret === -ENOENT) break;
       outBatch.copy(inBatch);
       first = false;
     }
-    return { keys: Buffer.concat(keyParts), values: Buffer.concat(valueParts), count };
   }
 
   private checkSizes(key: Buffer, value: Buffer | null): void {

@@ -32,6 +32,7 @@ export interface RetransmitCount {
   family: number;
   saddr: Uint8Array;
   daddr: Uint8Array;
+  /** 0: summed over source ports */
   sport: number;
   dport: number;
   retransmits: number;
@@ -119,26 +120,36 @@ export class AggregateProbe {
     return out;
   }
 
+  /**
+   * Retransmits summed over the source port: one entry per (source, destination, port).
+   * Read a batch at a time, so 100k flows in the map do not mean 100k objects at once.
+   */
   retransmits(): RetransmitCount[] {
     const map = this.obj.map('nt_retrans');
-    const { keys, values, count } = map.lookupAll();
     const K = RETRANS_KEY_FIELDS;
     const V = RETRANS_VALUE_FIELDS;
-    const out: RetransmitCount[] = [];
-    for (let i = 0; i < count; i++) {
-      const k = i * map.keySize;
-      const v = i * map.valueSize;
-      out.push({
-        family: keys.readUInt8(k + K.family.offset),
-        saddr: keys.subarray(k + K.saddr.offset, k + K.saddr.offset + K.saddr.length),
-        daddr: keys.subarray(k + K.daddr.offset, k + K.daddr.offset + K.daddr.length),
-        sport: keys.readUInt16LE(k + K.sport.offset),
-        dport: keys.readUInt16LE(k + K.dport.offset),
-        retransmits: Number(values.readBigUInt64LE(v + V.retransmits.offset)),
-        segments: Number(values.readBigUInt64LE(v + V.segments.offset)),
-      });
-    }
-    return out;
+    const sums = new Map<string, RetransmitCount>();
+    map.lookupChunks((keys, values, got) => {
+      for (let i = 0; i < got; i++) {
+        const k = i * map.keySize;
+        const v = i * map.valueSize;
+        const dport = keys.readUInt16LE(k + K.dport.offset);
+        const id = keys.toString('latin1', k + K.saddr.offset, k + K.daddr.offset + K.daddr.length) + dport;
+        let e = sums.get(id);
+        if (!e) {
+          e = {
+            family: keys.readUInt8(k + K.family.offset),
+            saddr: Uint8Array.from(keys.subarray(k + K.saddr.offset, k + K.saddr.offset + K.saddr.length)),
+            daddr: Uint8Array.from(keys.subarray(k + K.daddr.offset, k + K.daddr.offset + K.daddr.length)),
+            sport: 0, dport, retransmits: 0, segments: 0,
+          };
+          sums.set(id, e);
+        }
+        e.retransmits += Number(values.readBigUInt64LE(v + V.retransmits.offset));
+        e.segments += Number(values.readBigUInt64LE(v + V.segments.offset));
+      }
+    });
+    return [...sums.values()];
   }
 
   lostRecords(): number {

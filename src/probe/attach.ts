@@ -72,3 +72,18 @@ export function attachAll(devices: Device[], programs: ProgramChoice, mechanism:
   }
   return set;
 }
+
+/** One HookSet per device: a device that fails is reported in `failed` and holds nothing; the others are attached. */
+export function attachEach(devices: Device[], programs: ProgramChoice, mechanism: AttachMechanism = 'tcx'):
+  { attached: { device: Device; set: HookSet }[]; failed: { device: Device; error: NettraceError }[] } {
+  const attached: { device: Device; set: HookSet }[] = [];
+  const failed: { device: Device; error: NettraceError }[] = [];
+  for (const device of devices) {
+    try {
+      attached.push({ device, set: attachAll([device], programs, mechanism) });
+    } catch (err) {
+      failed.push({ device, error: err as NettraceError });
+    }
+  }
+  return { attached, failed };
+}

@@ -1,6 +1,6 @@
 // Discover a node's devices and pods from the node itself (links, addresses, routes), never by name.
 import { NettraceError } from '../errors';
-import { ipJson } from '../exec';
+import { ipJson, ipJsonAsync } from '../exec';
 import type { ClusterTopology, Device, NodeTopology, Pod } from './model';
 import { ipNs, namedNetns, type NetnsRef } from './netns';
 
@@ -39,12 +39,27 @@ function device(node: string, netns: NetnsRef, link: IpLink, role: Device['role'
   return d;
 }
 
+export interface DiscoverOptions {
+  /** read each pod's device name and addresses inside its namespace (two `ip` runs a pod);
+   * without, a pod is its namespace and the peer's ifindex, and has no addresses yet */
+  podDetails?: boolean;
+}
+
+/** A pod's global addresses, read in its namespace. */
+export async function podAddresses(pod: Pod): Promise<string[]> {
+  return globalAddrs(await ipJsonAsync<IpAddr[]>(pod.netns.name, ['addr', 'show']), pod.eth.ifindex);
+}
+
 /** The pod behind a host-side veth: the namespace its peer lives in, and the peer's addresses. */
-function podBehind(nodeName: string, hostVeth: Device, link: IpLink, nsNames: Map<number, string>, nodeNetns: Set<string>): Pod | null {
+function podBehind(nodeName: string, hostVeth: Device, link: IpLink, nsNames: Map<number, string>, nodeNetns: Set<string>, details: boolean): Pod | null {
   if (link.link_netnsid === undefined || link.link_index === undefined) return null;
   const name = nsNames.get(link.link_netnsid);
   if (!name || nodeNetns.has(name)) return null;
   const netns = namedNetns(name);
+  if (!details) {
+    const eth = device(nodeName, netns, { ifindex: link.link_index, ifname: `${link.ifname}-peer`, mtu: link.mtu }, 'pod', name);
+    return { name, node: nodeName, netns, ips: [], eth, hostVeth: { ...hostVeth, pod: name } };
+  }
   const peer = ipJson<IpLink[]>(name, ['link', 'show']).find((l) => l.ifindex === link.link_index);
   if (!peer) return null;
   const ips = globalAddrs(ipJson<IpAddr[]>(name, ['addr', 'show']), peer.ifindex);
@@ -52,7 +67,7 @@ function podBehind(nodeName: string, hostVeth: Device, link: IpLink, nsNames: Ma
 }
 
 /** nodeNetns: names of all namespaces acting as nodes, so a veth between two nodes is not taken for a pod. */
-export function discoverNode(netns: NetnsRef, nodeNetns: Set<string> = new Set()): NodeTopology {
+export function discoverNode(netns: NetnsRef, nodeNetns: Set<string> = new Set(), opts: DiscoverOptions = {}): NodeTopology {
   const ns = ipNs(netns);
   const links = ipJson<IpLink[]>(ns, ['-d', 'link', 'show']);
   const addrs = ipJson<IpAddr[]>(ns, ['addr', 'show']);
@@ -73,7 +88,7 @@ export function discoverNode(netns: NetnsRef, nodeNetns: Set<string> = new Set()
   let bridgeLink: IpLink | undefined;
   for (const l of links) {
     if (kind(l) !== 'veth' || l.ifindex === underlayLink?.ifindex) continue;
-    const pod = podBehind(name, device(name, netns, l, 'host-veth'), l, nsNames, nodeNetns);
+    const pod = podBehind(name, device(name, netns, l, 'host-veth'), l, nsNames, nodeNetns, opts.podDetails ?? true);
     if (!pod) continue;
     pods.push(pod);
     if (l.master) bridgeLink ??= links.find((b) => b.ifname === l.master && kind(b) === 'bridge');

@@ -41,3 +41,17 @@ test('drops carry the reason name and the step the packet died in; off-path drop
   assert.match(text, /nettrace_drops_total\{node="node1",reason="REASON_2",step="none",step_name="not on a pod path",device=""\} 4/);
   assert.match(text, /nettrace_agent_process_cpu_seconds_total/);
 });
+
+test('retransmits: one series per endpoint pair; beyond the cap, the flows that resend most keep theirs and one "other" sums the rest', async () => {
+  const v4 = (...b: number[]) => Uint8Array.from([...b, ...Array(12).fill(0)]);
+  const flows = Array.from({ length: 1500 }, (_, i) => ({
+    family: 4, saddr: v4(10, 244, 1, 5), daddr: v4(10, 245, i >> 8, i & 255), sport: 40000, dport: 80, retransmits: 1, segments: i === 7 ? 100 : 2,
+  }));
+  const src = { ...source([]), retransmits: () => flows, podOf: (_f: number, a: Uint8Array) => ({ pod: a[1] === 244 ? 'pod-a' : '', ip: `${a[0]}.${a[1]}.${a[2]}.${a[3]}` }) };
+  const text = await createMetrics(src).registry.metrics();
+  const lines = text.split('\n').filter((l) => l.startsWith('nettrace_tcp_retransmit_segments_total{'));
+  assert.equal(lines.length, 1000);
+  assert.match(lines.find((l) => l.includes('destination_ip="10.245.0.7"'))!, /source_pod="pod-a".*destination_port="80"\} 100$/);
+  const other = lines.find((l) => l.includes('destination_ip="other"'))!;
+  assert.match(other, / 1002$/); // 501 flows of 2 segments
+});
