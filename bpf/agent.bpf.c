@@ -57,21 +57,13 @@ struct {
 	__type(value, struct nt_seen);
 } nt_seen SEC(".maps");
 
-/* [order * NT_LAT_BUCKETS + b]: hops that reached `order` 2^b..2^(b+1) ns after the previous hop. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, NT_ORDER_COUNT * NT_LAT_BUCKETS);
-	__type(key, __u32);
-	__type(value, __u64);
-} nt_lat SEC(".maps");
-
-/* [order]: sum of those latencies in ns (the histogram's _sum). */
+/* [order]: hops that reached `order` 2^b..2^(b+1) ns after the previous hop, and their sum. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, NT_ORDER_COUNT);
 	__type(key, __u32);
-	__type(value, __u64);
-} nt_lat_sum SEC(".maps");
+	__type(value, struct nt_latency);
+} nt_lat SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -153,15 +145,14 @@ static __always_inline __u32 log2_bucket(__u64 v)
 
 static __always_inline void observe(__u32 order, __u64 delta_ns)
 {
-	__u32 idx = order * NT_LAT_BUCKETS + log2_bucket(delta_ns);
-	__u64 *v;
+	struct nt_latency *lat = bpf_map_lookup_elem(&nt_lat, &order);
+	__u32 b = log2_bucket(delta_ns);
 
-	v = bpf_map_lookup_elem(&nt_lat, &idx);
-	if (v)
-		*v += 1;
-	v = bpf_map_lookup_elem(&nt_lat_sum, &order);
-	if (v)
-		*v += delta_ns;
+	if (!lat)
+		return;
+	if (b < NT_LAT_BUCKETS)
+		lat->buckets[b] += 1;
+	lat->sum_ns += delta_ns;
 }
 
 static __always_inline void output(struct nt_hop_record *r)
@@ -179,7 +170,8 @@ static __always_inline void output(struct nt_hop_record *r)
 
 static __always_inline int sampled(__u64 h)
 {
-	return nt_cfg.sample_every && h % nt_cfg.sample_every == 0;
+	/* a compare, not a 64-bit modulo: this runs for every packet at every hook */
+	return (h >> 32) < nt_cfg.sample_below;
 }
 
 static __always_inline int agent_hop(struct __sk_buff *skb, const __u32 order)
@@ -189,21 +181,31 @@ static __always_inline int agent_hop(struct __sk_buff *skb, const __u32 order)
 	struct nt_seen *seen;
 	__u64 now, h;
 	__u32 off = 0, slot;
+	int timed, traced;
 	__be16 proto;
 
 	proto = parse_eth(&src, &off, &r.flags);
 	if (parse_packet(&src, off, proto, &r, 1))
 		return TC_ACT_UNSPEC;
-	now = bpf_ktime_get_ns();
 	h = packet_hash(&r);
 	slot = h & (NT_SEEN_SLOTS - 1);
 	seen = bpf_map_lookup_elem(&nt_seen, &slot);
 	if (!seen)
 		return TC_ACT_UNSPEC;
+	timed = (h & nt_cfg.latency_mask) == 0;
+	traced = sampled(h);
+	if (!timed && !traced) {
+		/* where the packet is, for drops; no clock read */
+		seen->hash = h;
+		seen->order = order;
+		seen->ts_ns = 0;
+		return TC_ACT_UNSPEC;
+	}
+	now = bpf_ktime_get_ns();
 	if (seen->hash == h) {
-		if (seen->order < order && now >= seen->ts_ns)
+		if (timed && seen->ts_ns && seen->order < order && now >= seen->ts_ns)
 			observe(order, now - seen->ts_ns);
-	} else if (order == NT_ORDER_POD_EGRESS && skb->tstamp && skb->tstamp <= now &&
+	} else if (timed && order == NT_ORDER_POD_EGRESS && skb->tstamp && skb->tstamp <= now &&
 		   skb->tstamp_type == BPF_SKB_CLOCK_MONOTONIC) {
 		/* step 1 starts in the pod's stack: TCP stamps its departure time
 		 * (EDT, monotonic clock) on the skb before the device sees it */
@@ -212,7 +214,7 @@ static __always_inline int agent_hop(struct __sk_buff *skb, const __u32 order)
 	seen->hash = h;
 	seen->ts_ns = now;
 	seen->order = order;
-	if (sampled(h)) {
+	if (traced) {
 		struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
 
 		r.kind = NT_REC_HOP;

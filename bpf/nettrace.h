@@ -49,6 +49,12 @@ enum nt_order {
 /* Latency histograms: log2 buckets of nanoseconds, bucket b counts [2^b, 2^(b+1)). */
 #define NT_LAT_BUCKETS 64
 
+/* Agent: one hook point's histogram and its sum, in one per-CPU slot (one lookup a hop). */
+struct nt_latency {
+	__u64 buckets[NT_LAT_BUCKETS];
+	__u64 sum_ns;
+};
+
 enum nt_record_flags {
 	NT_F_ENCAP = 1,	/* seen through a VXLAN header: the key is the inner packet's */
 	NT_F_VLAN = 2,	/* an 802.1Q/802.1ad tag was skipped */
@@ -138,7 +144,12 @@ struct nt_seen {
 /* Read-only settings, fixed before load. */
 struct nt_config {
 	__u16 vxlan_ports[NT_MAX_VXLAN_PORTS];	/* host order; 0 = unused */
-	__u32 sample_every;	/* agent: a packet is sampled iff hash % sample_every == 0; 0 = none */
+	/* agent: a packet is sampled iff the top 32 bits of its hash are below this:
+	 * 1 in N packets for 2^32 / N, the same packets on every node; 0 = none */
+	__u32 sample_below;
+	/* agent: a packet's hops are timed iff (hash & latency_mask) == 0, so 1 in
+	 * latency_mask + 1 packets pays for clock reads (~30 ns each on this VM) */
+	__u32 latency_mask;
 };
 
 #endif

@@ -98,7 +98,7 @@ export interface Layout {
 /** Structs of bpf/nettrace.h whose layout userspace needs; the first one gets a decoder. */
 export const STRUCTS = [
   'nt_hop_record', 'nt_flow_key', 'nt_flow_rule', 'nt_config',
-  'nt_drop_key', 'nt_retrans_key', 'nt_retrans_value', 'nt_seen',
+  'nt_drop_key', 'nt_retrans_key', 'nt_retrans_value', 'nt_seen', 'nt_latency',
 ] as const;
 
 /** The objects whose BTF the structs are read from, in the order searched. */

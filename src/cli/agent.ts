@@ -27,6 +27,8 @@ export interface AgentOptions {
   otlpEndpoint: string | null;
   /** 1 in N packets become traces; 0 = none */
   sample: number;
+  /** the hops of 1 in N packets are timed (a power of two) */
+  latencyEvery: number;
   /** other agents' base URLs, for the wire step (step 6) */
   peers: string[];
   attach: AttachMechanism;
@@ -40,8 +42,8 @@ export interface RunningAgent {
   stop(): Promise<void>;
 }
 
-const POLL_MS = 20;
-const PEER_POLL_MS = 250;
+const POLL_MS = 50;
+const PEER_POLL_MS = 500;
 const WIRE_WAIT_MS = 2000;
 /** what a device's two hooks carry for the aggregate: aggregated over pods for pod-side devices */
 const POD_DEVICE_LABEL: Record<string, string> = { pod: 'pod-eth', 'host-veth': 'pod-veths' };
@@ -80,7 +82,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const podIpCache = new Map<string, string[]>();
   const vxlanPort = topology.tunnel?.vxlan?.port;
   const dropReasons = readBtfEnum('skb_drop_reason');
-  const probe = AggregateProbe.load({ vxlanPorts: vxlanPort ? [vxlanPort] : [8472, 4789], sampleEvery: opts.sample });
+  const probe = AggregateProbe.load({ vxlanPorts: vxlanPort ? [vxlanPort] : [8472, 4789], sampleEvery: opts.sample, latencyEvery: opts.latencyEvery });
   const clock = new WallClock();
   const hooks = new Map<string, { device: Device; set: HookSet }>();
   const wire = new Log2Histogram();
@@ -127,6 +129,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
 
   const source: MetricsSource = {
     node: nodeName,
+    settings: { sample: String(opts.sample), latency_every: String(opts.latencyEvery) },
     latency: () => probe.latency(),
     wireLatency: () => (peers.enabled ? { counts: wire.counts, sumNs: wire.sumNs } : null),
     drops: () => probe.drops(),

@@ -64,6 +64,14 @@ function nonNegativeInt(flag: string) {
   };
 }
 
+function powerOfTwo(flag: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || n < 1 || n > 65536 || (n & (n - 1)) !== 0) throw new InvalidArgumentError(`${flag} takes a power of two from 1 to 65536`);
+    return n;
+  };
+}
+
 function checkCni(cni: string): void {
   if (!(CNI_MODES as readonly string[]).includes(cni)) {
     throw usageError(`--cni ${cni} is not a mode this testbed builds`, `use one of: ${CNI_MODES.join(', ')}`);
@@ -114,10 +122,11 @@ function buildProgram(): Command {
     .option('--metrics-addr <host:port>', 'where /metrics and /healthz listen', ':9101')
     .option('--otlp-endpoint <url>', 'OTLP/HTTP collector for spans, e.g. http://127.0.0.1:4318 (default: no spans)')
     .option('--sample <n>', '1 in n packets becomes a trace, the same packets on every node (0: none)', nonNegativeInt('--sample'), 1000)
+    .option('--latency-every <n>', 'time the hops of 1 in n packets (a power of two): clock reads cost ~30 ns a hop', powerOfTwo('--latency-every'), 8)
     .option('--peers <url,...>', "other nodes' agents (http://HOST:PORT), to time the wire between nodes (step 6)")
     .addOption(new Option('--attach <mechanism>', 'tcx links (kernel 6.6+) or classic tc filters').choices(['tcx', 'tc']).default('tcx'))
     .addOption(new Option('--rescan <ms>', 'full rescan of the node\'s devices, besides link events').argParser(positiveInt('--rescan')).default(5000).hideHelp())
-    .action(async (o: { nodes?: string; metricsAddr: string; otlpEndpoint?: string; sample: number; peers?: string; attach: 'tcx' | 'tc'; rescan: number }) => {
+    .action(async (o: { nodes?: string; metricsAddr: string; otlpEndpoint?: string; sample: number; latencyEvery: number; peers?: string; attach: 'tcx' | 'tc'; rescan: number }) => {
       const metricsAddr = parseListenAddress(o.metricsAddr);
       if (o.otlpEndpoint !== undefined) otlpTracesUrl(o.otlpEndpoint);
       const peers = (o.peers ?? '').split(',').map((s) => s.trim()).filter(Boolean);
@@ -136,7 +145,7 @@ function buildProgram(): Command {
       process.once('SIGINT', onSignal);
       process.once('SIGTERM', onSignal);
       const agent = await startAgent({
-        node, metricsAddr, otlpEndpoint: o.otlpEndpoint ?? null, sample: o.sample, peers, attach: o.attach, rescanMs: o.rescan,
+        node, metricsAddr, otlpEndpoint: o.otlpEndpoint ?? null, sample: o.sample, latencyEvery: o.latencyEvery, peers, attach: o.attach, rescanMs: o.rescan,
         log: (s) => process.stderr.write(s + '\n'),
       });
       stop = agent.stop;

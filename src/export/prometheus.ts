@@ -13,6 +13,8 @@ export interface HookLabels {
 
 export interface MetricsSource {
   node: string;
+  /** shown as labels of nettrace_agent_info */
+  settings?: Record<string, string>;
   latency(): LatencyHistogram[];
   /** step-6 (cross-node) latencies measured in userspace on sampled packets, in ns, since start */
   wireLatency(): { counts: number[]; sumNs: number } | null;
@@ -94,10 +96,11 @@ export interface AgentMetrics {
 export function createMetrics(src: MetricsSource): AgentMetrics {
   const registry = new Registry();
   const node = src.node;
-  collectDefaultMetrics({ register: registry, prefix: 'nettrace_agent_' });
+  // the event-loop lag monitor samples every 10 ms by default: an idle agent should sleep
+  collectDefaultMetrics({ register: registry, prefix: 'nettrace_agent_', eventLoopMonitoringPrecision: 1000 });
 
   registry.registerMetric(kernelHistogram(METRIC_NAMES.latency,
-    'Time from the previous hook point to this one, per step of the path (matched in the kernel; step 6 on sampled packets).',
+    'Time from the previous hook point to this one, per step of the path: 1 in latency_every packets (nettrace_agent_info), matched in the kernel; step 6 from sampled packets between agents.',
     () => {
       const out: { labels: Record<string, string | number>; counts: number[]; sumNs: number }[] = [];
       for (const h of src.latency()) {
@@ -178,7 +181,8 @@ export function createMetrics(src: MetricsSource): AgentMetrics {
       this.inc({ node }, src.lostRecords());
     },
   });
-  new Gauge({ name: METRIC_NAMES.info, help: 'Always 1; labels tell the node this agent watches.', labelNames: ['node'], registers: [registry] }).set({ node }, 1);
+  const settings = src.settings ?? {};
+  new Gauge({ name: METRIC_NAMES.info, help: 'Always 1; labels tell the node this agent watches and its sampling (latency_every: 1 in N packets timed).', labelNames: ['node', ...Object.keys(settings)], registers: [registry] }).set({ node, ...settings }, 1);
 
   const exportFailures = new Counter({ name: METRIC_NAMES.exportFailures, help: 'Export batches that failed (the agent keeps running).', labelNames: ['exporter'], registers: [registry] });
   exportFailures.inc({ exporter: 'otlp' }, 0); // a zero series from the start: rate() and alerts see it

@@ -2,13 +2,15 @@
 // retransmit tracepoints, and the maps userspace reads on scrape (design §3).
 import { BpfObject, possibleCpus, RingReader } from '../libbpf';
 import type { BpfMap, BpfProgram, RecordHandler } from '../libbpf';
-import { CONFIG_FIELDS, DROP_KEY_FIELDS, ORDER, RETRANS_KEY_FIELDS, RETRANS_VALUE_FIELDS } from './layout.generated';
+import { CONFIG_FIELDS, DROP_KEY_FIELDS, LATENCY_FIELDS, LATENCY_SIZE, RETRANS_KEY_FIELDS, RETRANS_VALUE_FIELDS } from './layout.generated';
 import { bpfObjectPath } from './paths';
 
 export interface AggregateOptions {
   vxlanPorts: number[];
   /** 1 in N packets become ring records (span material); 0 = none */
   sampleEvery: number;
+  /** time the hops of 1 in N packets (a power of two; default 8) */
+  latencyEvery?: number;
   /** attach the drop and retransmit tracepoints (default true) */
   tracepoints?: boolean;
 }
@@ -39,8 +41,9 @@ export interface RetransmitCount {
   segments: number;
 }
 
+export const DEFAULT_LATENCY_EVERY = 8;
 const MAX_VXLAN_PORTS = CONFIG_FIELDS.vxlan_ports.length / 2;
-export const LAT_BUCKETS = 64;
+export const LAT_BUCKETS = LATENCY_FIELDS.buckets.length / 8;
 const TRACEPOINTS = ['nt_kfree_skb', 'nt_tcp_retransmit'] as const;
 
 function sum64(values: Buffer, at: number, cpus: number, stride: number): number {
@@ -65,7 +68,10 @@ export class AggregateProbe {
       const cfg = obj.sectionData('.rodata');
       const ports = [...new Set(opts.vxlanPorts)].slice(0, MAX_VXLAN_PORTS);
       for (let i = 0; i < MAX_VXLAN_PORTS; i++) cfg.writeUInt16LE(ports[i] ?? 0, CONFIG_FIELDS.vxlan_ports.offset + 2 * i);
-      cfg.writeUInt32LE(opts.sampleEvery, CONFIG_FIELDS.sample_every.offset);
+      // 1 in N: the top 32 bits of the packet hash below 2^32 / N (N = 1: every packet)
+      const below = opts.sampleEvery > 0 ? Math.min(0xffffffff, Math.ceil(2 ** 32 / opts.sampleEvery)) : 0;
+      cfg.writeUInt32LE(below, CONFIG_FIELDS.sample_below.offset);
+      cfg.writeUInt32LE((opts.latencyEvery ?? DEFAULT_LATENCY_EVERY) - 1, CONFIG_FIELDS.latency_mask.offset);
       obj.load();
       const probe = new AggregateProbe(obj);
       if (opts.tracepoints !== false) for (const tp of TRACEPOINTS) probe.tracepoints.push(obj.attach(tp));
@@ -94,12 +100,20 @@ export class AggregateProbe {
   }
 
   latency(): LatencyHistogram[] {
-    const lat = this.perCpuArray(this.obj.map('nt_lat'));
-    const sums = this.perCpuArray(this.obj.map('nt_lat_sum'));
+    const map = this.obj.map('nt_lat');
+    const stride = Math.ceil(LATENCY_SIZE / 8) * 8; // per-CPU values are 8-byte aligned
+    const { keys, values, count } = map.lookupAll(stride * this.cpus);
     const out: LatencyHistogram[] = [];
-    for (let order = 0; order < ORDER.COUNT; order++) {
-      const counts = lat.slice(order * LAT_BUCKETS, (order + 1) * LAT_BUCKETS);
-      out.push({ order, counts, sumNs: sums[order] ?? 0 });
+    for (let i = 0; i < count; i++) {
+      const base = i * stride * this.cpus;
+      const counts = new Array<number>(LAT_BUCKETS).fill(0);
+      let sumNs = 0;
+      for (let c = 0; c < this.cpus; c++) {
+        const at = base + c * stride;
+        for (let b = 0; b < LAT_BUCKETS; b++) counts[b]! += Number(values.readBigUInt64LE(at + LATENCY_FIELDS.buckets.offset + 8 * b));
+        sumNs += Number(values.readBigUInt64LE(at + LATENCY_FIELDS.sum_ns.offset));
+      }
+      out.push({ order: keys.readUInt32LE(i * 4), counts, sumNs });
     }
     return out;
   }

@@ -76,10 +76,11 @@ export const FLOW_RULE_FIELDS = {
   _pad: { offset: 9, kind: 'bytes', length: 3 },
 } as const;
 
-export const CONFIG_SIZE = 12;
+export const CONFIG_SIZE = 16;
 export const CONFIG_FIELDS = {
   vxlan_ports: { offset: 0, kind: 'u16[]', length: 8 },
-  sample_every: { offset: 8, kind: 'u32', length: 4 },
+  sample_below: { offset: 8, kind: 'u32', length: 4 },
+  latency_mask: { offset: 12, kind: 'u32', length: 4 },
 } as const;
 
 export const DROP_KEY_SIZE = 8;
@@ -111,6 +112,12 @@ export const SEEN_FIELDS = {
   ts_ns: { offset: 8, kind: 'u64', length: 8 },
   order: { offset: 16, kind: 'u32', length: 4 },
   _pad: { offset: 20, kind: 'u32', length: 4 },
+} as const;
+
+export const LATENCY_SIZE = 520;
+export const LATENCY_FIELDS = {
+  buckets: { offset: 0, kind: 'u64[]', length: 512 },
+  sum_ns: { offset: 512, kind: 'u64', length: 8 },
 } as const;
 
 export interface HopRecord {
