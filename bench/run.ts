@@ -8,7 +8,7 @@ import { attachAll } from '../src/probe/attach';
 import { HopProbe } from '../src/probe/hop';
 import { decodeHopRecord, HOP_RECORD_SIZE } from '../src/probe/layout.generated';
 import { bpfObjectPath } from '../src/probe/paths';
-import { testbedDown, testbedUp } from '../src/testbed/flannelVxlan';
+import { testbedDown, testbedUp } from '../src/testbed/testbed';
 import { discoverCluster } from '../src/topology/discover';
 import { allDevices } from '../src/topology/model';
 import { namedNetns } from '../src/topology/netns';

@@ -86,6 +86,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 				return TC_ACT_UNSPEC;
 			off = inner;
 		}
+	} else if (r.proto == IPPROTO_IPIP && l4off > 0) {
+		off = parse_ipip(&src, &l4off, &r);
+		if (l4off < 0)
+			return TC_ACT_UNSPEC;
 	}
 	/* the address pair decides before any L4 work: a miss costs one lookup */
 	__builtin_memcpy(key.saddr, r.saddr, sizeof(key.saddr));

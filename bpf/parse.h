@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * One packet parser for every program (design §2): Ethernet, two VLAN tags,
- * IPv4/IPv6, TCP/UDP/ICMP, and through VXLAN on the configured ports to the
- * inner packet. It reads from a tc context (struct __sk_buff) or, in tracing
+ * IPv4/IPv6, TCP/UDP/ICMP, and through VXLAN on the configured ports or IPIP
+ * to the inner packet. It reads from a tc context (struct __sk_buff) or, in tracing
  * programs, from kernel memory; the choice is constant after inlining.
  */
 #ifndef NETTRACE_PARSE_H
@@ -208,7 +208,20 @@ static __always_inline __u32 parse_vxlan(const struct nt_src *src, int *l4off, s
 	return off;
 }
 
-/* Addresses and protocol of the packet at l3off (through VXLAN), then its L4
+/* If the packet is IP-in-IP (Calico IPIP), parse the inner IPv4 packet into r instead.
+ * Returns the inner L3 offset and updates *l4off, or 0. */
+static __always_inline __u32 parse_ipip(const struct nt_src *src, int *l4off, struct nt_hop_record *r)
+{
+	__u32 off = *l4off;
+	__u8 flags = r->flags | NT_F_ENCAP;
+
+	__builtin_memset(r, 0, sizeof(*r));
+	r->flags = flags;
+	*l4off = parse_ip(src, off, bpf_htons(ETH_P_IP), r);
+	return off;
+}
+
+/* Addresses and protocol of the packet at l3off (through VXLAN or IPIP), then its L4
  * fields when want_l4. Returns 0, or -1 if it is not an IP packet. */
 static __always_inline int parse_packet(const struct nt_src *src, __u32 l3off, __be16 proto,
 					struct nt_hop_record *r, int want_l4)
@@ -225,6 +238,10 @@ static __always_inline int parse_packet(const struct nt_src *src, __u32 l3off, _
 				return -1;
 			l3off = inner;
 		}
+	} else if (r->proto == IPPROTO_IPIP && l4off > 0) {
+		l3off = parse_ipip(src, &l4off, r);
+		if (l4off < 0)
+			return -1;
 	}
 	if (want_l4 && l4off > 0)
 		parse_l4(src, l3off, l4off, r);

@@ -19,7 +19,7 @@ import { discoverNode, podAddresses } from '../topology/discover';
 import type { Device, NodeTopology } from '../topology/model';
 import type { NetnsRef } from '../topology/netns';
 import { ipNs } from '../topology/netns';
-import { ORDER_POINTS, orderOf, STEP_NAMES, stepAfter } from '../topology/steps';
+import { ORDER_POINTS, orderOf, presentRoles, STEP_NAMES, stepAfter, stepOn } from '../topology/steps';
 
 export interface AgentOptions {
   node: NetnsRef;
@@ -104,7 +104,9 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     if (!p) return null;
     const device = POD_DEVICE_LABEL[p.role] ?? roleDevice(p.role)?.name;
     if (!device) return null;
-    return { step: p.step, step_name: STEP_NAMES[p.step]!, device, hook: p.hook };
+    // a mode without a tunnel or a bridge: the hook ends another step (host-gw: routing ends at eth0)
+    const step = stepOn(p.side, p.role, p.hook, presentRoles(topology)) ?? p.step;
+    return { step, step_name: STEP_NAMES[step]!, device, hook: p.hook };
   };
   const dropReason = (r: number) => (dropReasons.get(r) ?? `REASON_${r}`).replace(/^SKB_DROP_REASON_/, '');
   let podByIp = new Map<string, string>();
@@ -129,7 +131,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
 
   const source: MetricsSource = {
     node: nodeName,
-    settings: { sample: String(opts.sample), latency_every: String(opts.latencyEvery) },
+    settings: { cni: topology.cni, sample: String(opts.sample), latency_every: String(opts.latencyEvery) },
     latency: () => probe.latency(),
     wireLatency: () => (peers.enabled ? { counts: wire.counts, sumNs: wire.sumNs } : null),
     drops: () => probe.drops(),
@@ -296,7 +298,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   }
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : opts.metricsAddr.port;
-  opts.log(`ready: agent on ${nodeName}: ${[...hooks.values()].reduce((n, h) => n + h.set.attachments.length, 0)} hooks on ${hooks.size} devices in ${attachMs.toFixed(0)} ms, metrics on ${opts.metricsAddr.host}:${port}${sink ? `, spans to ${opts.otlpEndpoint}` : ''}`);
+  opts.log(`ready: agent on ${nodeName} (${topology.cni}): ${[...hooks.values()].reduce((n, h) => n + h.set.attachments.length, 0)} hooks on ${hooks.size} devices in ${attachMs.toFixed(0)} ms, metrics on ${opts.metricsAddr.host}:${port}${sink ? `, spans to ${opts.otlpEndpoint}` : ''}`);
 
   return {
     port,

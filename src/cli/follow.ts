@@ -49,7 +49,8 @@ export function follow(opts: FollowOptions): { done: Promise<number>; stop: () =
     probe.follow(reverse(request));
     const devices = allDevices(topology);
     hooks = attachAll(devices, { ingress: probe.ingress, egress: probe.egress }, opts.attach);
-    opts.log(`ready: following ${formatFlow(f)} on ${devices.length} devices in ${new Set(devices.map((d) => d.netns.name)).size} namespaces (${opts.attach})`);
+    const modes = [...new Set(topology.nodes.map((n) => n.cni))].join(', ');
+    opts.log(`ready: following ${formatFlow(f)} on ${devices.length} devices in ${new Set(devices.map((d) => d.netns.name)).size} namespaces (${opts.attach}; ${modes})`);
   } catch (err) {
     hooks?.detach();
     probe.close();

@@ -4,7 +4,7 @@ import { NettraceError, usageError } from '../errors';
 import { parseFlowSpec, parseProto } from '../flow/spec';
 import { detachAllLive } from '../probe/attach';
 import { cleanupEverywhere } from '../probe/cleanup';
-import { CNI_MODES, testbedDown, testbedStatus, testbedUp } from '../testbed/flannelVxlan';
+import { CNI_MODES, testbedDown, testbedStatus, testbedUp, type CniMode } from '../testbed/testbed';
 import { parseListenAddress } from '../export/http';
 import { otlpTracesUrl } from '../export/otlpUrl';
 import { currentNetns, listNamedNetns, namedNetns, type NetnsRef } from '../topology/netns';
@@ -157,11 +157,11 @@ function buildProgram(): Command {
     .description('build it (idempotent)')
     .option('--cni <mode>', 'CNI mode', 'flannel-vxlan')
     .option('--prefix <text>', 'prepended to every namespace name', '')
-    .option('--pod-mtu <bytes>', 'pod eth0 MTU (1500 reproduces the seed MTU case)', positiveInt('--pod-mtu'), 1450)
-    .action((o: { cni: string; prefix: string; podMtu: number }) => {
+    .option('--pod-mtu <bytes>', 'pod eth0 MTU (default: the mode\'s; 1500 with a tunnel reproduces the seed MTU case)', positiveInt('--pod-mtu'))
+    .action((o: { cni: string; prefix: string; podMtu?: number }) => {
       checkCni(o.cni);
       requireRoot();
-      const s = testbedUp({ prefix: o.prefix, podMtu: o.podMtu });
+      const s = testbedUp({ prefix: o.prefix, podMtu: o.podMtu, cni: o.cni as CniMode });
       process.stdout.write(`testbed up (${s.cni}): ${s.nodes.map((n) => `${n.netns} ${n.ip}`).join(', ')}; pods ${s.pods.map((p) => `${p.netns} ${p.ip}`).join(', ')}\n`);
     });
   testbed.command('down')

@@ -18,9 +18,12 @@ function packetLine(p: PacketPath): string {
 }
 
 export function formatPathTable(p: PacketPath): string {
-  const rows = p.steps.map((h) => [
+  const hops = p.steps.map((h) => ({ step: h.step, row: [
     String(h.step), h.name, h.node, h.pod ? `${h.device}@${h.pod}` : h.device, h.hook, h === p.steps[0] ? '' : `+${formatDuration(h.latency_ns)}`,
-  ]);
+  ] }));
+  // a step the CNI mode does not have is a row of its own, in step order, saying why
+  const skipped = (p.skipped ?? []).map((s) => ({ step: s.step, row: [String(s.step), s.name, s.node, `(${s.reason})`, '', ''] }));
+  const rows = [...hops, ...skipped].sort((a, b) => a.step - b.step).map((r) => r.row);
   const head = ['step', 'what', 'node', 'device', 'hook', 'latency'];
   const widths = head.map((hd, i) => Math.max(hd.length, ...rows.map((r) => r[i]!.length)));
   const line = (r: string[]) => '  ' + r.map((c, i) => (i === r.length - 1 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ');

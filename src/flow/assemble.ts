@@ -2,7 +2,8 @@
 // end to end (design §2), order by the step model, emit when the last hop is seen or after a grace time.
 import type { HopRecord } from '../probe/layout.generated';
 import { deviceKey, type ClusterTopology, type Device, findPodByIp } from '../topology/model';
-import { FINAL_ORDER, hookPoint, STEP_NAMES, type Side } from '../topology/steps';
+import { FINAL_ORDER, hookPoint, presentRoles, skippedSteps, STEP_NAMES, stepOn, type Side } from '../topology/steps';
+import type { DeviceRole } from '../topology/model';
 import type { HopView, PacketPath } from './path';
 import type { FlowSpec } from './spec';
 
@@ -62,11 +63,13 @@ export class PathAssembler {
   private readonly pending = new Map<string, Pending>();
   private readonly podIps = new Map<string, Set<string>>();
   private readonly sideOf: Record<'request' | 'reply', Map<string, Side>>;
+  private readonly roles = new Map<string, Set<DeviceRole>>();
   private readonly now: () => number;
 
   constructor(private readonly flow: FlowSpec, topology: ClusterTopology, private readonly opts: AssemblerOptions) {
     this.now = opts.now ?? Date.now;
     for (const n of topology.nodes) {
+      this.roles.set(n.name, presentRoles(n));
       for (const p of n.pods) this.podIps.set(p.name, new Set(p.ips));
       for (const d of [n.underlay, n.tunnel, n.bridge, ...n.pods.flatMap((p) => [p.hostVeth, p.eth])]) {
         if (d) this.devices.set(deviceKey(d.netns.ino, d.ifindex), d);
@@ -102,7 +105,8 @@ export class PathAssembler {
       p = { first: r, direction, hops: new Map(), lastSeenMs: this.now() };
       this.pending.set(key, p);
     }
-    if (!p.hops.has(point.order)) p.hops.set(point.order, { order: point.order, step: point.step, device, hook, ts: r.ts_ns });
+    const step = stepOn(side, device.role, hook, this.roles.get(device.node) ?? new Set()) ?? point.step;
+    if (!p.hops.has(point.order)) p.hops.set(point.order, { order: point.order, step, device, hook, ts: r.ts_ns });
     p.lastSeenMs = this.now();
     if (point.order === FINAL_ORDER) {
       this.pending.delete(key);
@@ -151,11 +155,16 @@ export class PathAssembler {
     if (r.proto === 6) Object.assign(packet, { seq: r.seq, ack: r.ack, tcp_flags: tcpFlags(r.tcp_flags) });
     if (r.proto === 1 || r.proto === 58) Object.assign(packet, { icmp_type: r.icmp_type, icmp_id: r.sport, icmp_seq: r.seq });
     const last = hops[hops.length - 1];
+    const skipped = [...new Set(hops.map((h) => h.device.node))].flatMap((node) => {
+      const side = this.sideOf[p.direction].get(node);
+      return side ? skippedSteps(side, this.roles.get(node) ?? new Set()).map((s) => ({ step: s.step, name: STEP_NAMES[s.step] ?? '', node, reason: s.reason })) : [];
+    });
     return {
       flow: { src: f.src, sport: f.sport, dst: f.dst, dport: f.dport, proto: f.proto },
       direction: p.direction,
       packet,
       steps,
+      ...(skipped.length ? { skipped } : {}),
       total_ns: steps.reduce((s, h) => s + h.latency_ns, 0),
       complete,
       drop: complete || !last ? null : {

@@ -24,6 +24,8 @@ export interface PacketPath {
     gso_segs: number; vni?: number;
   };
   steps: HopView[];
+  /** steps this CNI mode does not have (host-gw: 5 and 7, "no encapsulation"); absent when none */
+  skipped?: { step: number; name: string; node: string; reason: string }[];
   total_ns: number;
   complete: boolean;
   /** where an incomplete path stopped: the last hop that saw it */

@@ -76,7 +76,8 @@ export function discoverNode(netns: NetnsRef, nodeNetns: Set<string> = new Set()
   const kind = (l: IpLink) => l.linkinfo?.info_kind;
   const name = netns.name;
 
-  const tunnelLink = links.find((l) => kind(l) === 'vxlan');
+  // an IPIP device is the tunnel only when routes use it (the kernel makes tunl0 in every namespace)
+  const tunnelLink = links.find((l) => kind(l) === 'vxlan') ?? links.find((l) => kind(l) === 'ipip' && routes.some((r) => r.dev === l.ifname));
   const tunnel = tunnelLink ? device(name, netns, tunnelLink, 'tunnel') : null;
   // the underlay carries the node IP: the tunnel's local address, else routes via other nodes, else the default route
   const byAddr = tunnel?.vxlan?.local ? links.find((l) => globalAddrs(addrs, l.ifindex).includes(tunnel.vxlan!.local)) : undefined;
@@ -95,7 +96,19 @@ export function discoverNode(netns: NetnsRef, nodeNetns: Set<string> = new Set()
   }
   bridgeLink ??= links.find((l) => kind(l) === 'bridge');
   const nodeIp = tunnel?.vxlan?.local || (underlayLink ? globalAddrs(addrs, underlayLink.ifindex)[0] ?? null : null);
-  return { name, netns, ip: nodeIp, underlay, bridge: bridgeLink ? device(name, netns, bridgeLink, 'bridge') : null, tunnel, pods };
+  const bridge = bridgeLink ? device(name, netns, bridgeLink, 'bridge') : null;
+  const bgp = routes.some((r) => (r as IpRoute & { protocol?: string }).protocol === 'bird');
+  return { name, netns, ip: nodeIp, underlay, bridge, tunnel, pods, cni: detectCni(tunnelLink, !!bridge, bgp) };
+}
+
+/** The mode from what is on the node: the tunnel's kind and port, a bridge, BGP-learned routes (design §1). */
+export function detectCni(tunnel: IpLink | undefined, bridge: boolean, bgpRoutes: boolean): string {
+  const kind = tunnel?.linkinfo?.info_kind;
+  const port = tunnel?.linkinfo?.info_data?.port;
+  if (kind === 'ipip') return 'calico-ipip';
+  if (kind === 'vxlan') return port === 8472 ? 'flannel-vxlan' : port === 6784 ? 'weave' : !bridge ? 'calico-vxlan' : 'flannel-vxlan';
+  if (bridge) return 'flannel-host-gw';
+  return bgpRoutes ? 'calico-bgp' : 'unknown';
 }
 
 export function discoverCluster(nodes: NetnsRef[]): ClusterTopology {

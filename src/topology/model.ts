@@ -34,6 +34,8 @@ export interface NodeTopology {
   bridge: Device | null;
   tunnel: Device | null;
   pods: Pod[];
+  /** the CNI mode its devices and routes say (design §1), e.g. flannel-vxlan; 'unknown' otherwise */
+  cni: string;
 }
 
 export interface ClusterTopology {

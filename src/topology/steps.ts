@@ -73,3 +73,34 @@ export function orderOf(role: DeviceRole, hook: Hook): OrderPoint {
 export function stepAfter(order: number): number {
   return (ORDER_POINTS[order + 1] ?? ORDER_POINTS[FINAL_ORDER]!).step;
 }
+
+/**
+ * The step a hook ends on a node that lacks some devices (design §1: "a missing device
+ * collapses its step"). Without a tunnel, routing ends where the packet leaves the node;
+ * without a bridge, routing on the receiving node ends at the pod's veth.
+ */
+export function stepOn(side: Side, role: DeviceRole, hook: Hook, present: ReadonlySet<DeviceRole>): number | null {
+  const p = hookPoint(side, role, hook);
+  if (!p) return null;
+  if (side === 'source' && role === 'underlay' && !present.has('tunnel')) return 4;
+  if (side === 'destination' && role === 'host-veth' && !present.has('bridge')) return 8;
+  return p.step;
+}
+
+/** Steps a node's mode does not have, with the reason printed instead of a hop. */
+export function skippedSteps(side: Side, present: ReadonlySet<DeviceRole>): { step: number; reason: string }[] {
+  const out: { step: number; reason: string }[] = [];
+  if (side === 'source' && !present.has('bridge')) out.push({ step: 3, reason: 'no bridge' });
+  if (side === 'source' && !present.has('tunnel')) out.push({ step: 5, reason: 'no encapsulation' });
+  if (side === 'destination' && !present.has('tunnel')) out.push({ step: 7, reason: 'no encapsulation' });
+  return out;
+}
+
+/** Roles a node has devices for. */
+export function presentRoles(node: { underlay: unknown; tunnel: unknown; bridge: unknown }): Set<DeviceRole> {
+  const s = new Set<DeviceRole>(['pod', 'host-veth']);
+  if (node.underlay) s.add('underlay');
+  if (node.tunnel) s.add('tunnel');
+  if (node.bridge) s.add('bridge');
+  return s;
+}

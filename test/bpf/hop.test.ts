@@ -6,7 +6,7 @@ import { after, before, test } from 'node:test';
 import { testRun } from '../../src/libbpf';
 import { HopProbe } from '../../src/probe/hop';
 import { decodeHopRecord, type HopRecord } from '../../src/probe/layout.generated';
-import { ether, ipBytes, ipv4, ipv6, vxlan } from '../helpers/packets';
+import { ether, ipBytes, ipip, ipv4, ipv6, vxlan } from '../helpers/packets';
 import { isRoot } from '../helpers/privileged';
 
 const TC_ACT_UNSPEC = -1;
@@ -77,6 +77,16 @@ test('VXLAN on 8472 and 4789: the inner packet\'s key, the VNI, the encap flag',
   }
   // UDP to another port is not taken for VXLAN
   assert.equal(run(vxlan(inner, '192.168.1.101', '192.168.1.102', 1, 9999)).length, 0);
+});
+
+test('IPIP (Calico calico-ipip, tunl0): the inner packet\'s key and the encap flag; other IP protocols are not inner packets', { skip }, () => {
+  const recs = run(ipip(ipv4(A, B, tcp(), { id: 0x2222 }), '192.168.1.101', '192.168.1.102'));
+  assert.equal(recs.length, 2);
+  const r = recs[0]!;
+  assert.deepEqual([r.flags & 1, r.ip_id, r.sport, r.dport, r.seq], [1, 0x2222, 40000, 80, 1000]);
+  assert.deepEqual([...r.saddr.subarray(0, 4)], [10, 244, 1, 5]);
+  // an outer packet between the nodes is not the followed flow
+  assert.equal(run(ether(ipv4('192.168.1.101', '192.168.1.102', tcp()))).length, 0);
 });
 
 test('VLAN tags (one and two) are skipped', { skip }, () => {

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { test, type TestContext } from 'node:test';
-import type { TestbedState } from '../../src/testbed/flannelVxlan';
+import type { TestbedState } from '../../src/testbed/testbed';
 import { attr, freePort, sample, scrape, startAgent, startOtlpReceiver, startPrometheus, waitFor, type AgentRun } from '../helpers/agent';
 import { NETTRACE, nsExec, nsSpawn, withTestbed } from '../helpers/cluster';
 import { needsRoot } from '../helpers/privileged';

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { test, type TestContext } from 'node:test';
 import type { PacketPath } from '../../src/flow/path';
-import type { TestbedState } from '../../src/testbed/flannelVxlan';
+import type { TestbedState } from '../../src/testbed/testbed';
 import { jsonLines, NETTRACE, nsExec, nsSpawn, sleep, startFollow, withTestbed } from '../helpers/cluster';
 import { needsRoot } from '../helpers/privileged';
 

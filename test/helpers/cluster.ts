@@ -3,14 +3,14 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
-import { testbedDown, testbedUp, type TestbedState } from '../../src/testbed/flannelVxlan';
+import { testbedDown, testbedUp, type CniMode, type TestbedState } from '../../src/testbed/testbed';
 
 export const ROOT = path.resolve(__dirname, '../../..');
 export const NETTRACE = path.join(ROOT, 'bin/nettrace');
 
 let counter = 0;
 
-export function withTestbed(t: TestContext, opts: { podMtu?: number } = {}): TestbedState {
+export function withTestbed(t: TestContext, opts: { podMtu?: number; cni?: CniMode } = {}): TestbedState {
   const prefix = `nt${process.pid % 10000}x${counter++}-`;
   t.after(() => {
     testbedDown(prefix);

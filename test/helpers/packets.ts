@@ -102,3 +102,16 @@ export function vxlan(inner: Buffer, outerSrc: string, outerDst: string, vni = 1
   pkt.writeUInt16BE(pkt.length, 2);
   return ether(pkt);
 }
+
+/** The inner IPv4 packet wrapped as Calico IPIP does: outer IPv4 with protocol 4, no inner Ethernet. */
+export function ipip(innerIp: Buffer, outerSrc: string, outerDst: string): Buffer {
+  const outer = Buffer.alloc(20);
+  outer[0] = 0x45;
+  outer.writeUInt16BE(20 + innerIp.length, 2);
+  outer.writeUInt16BE(0x5678, 4);
+  outer[8] = 64;
+  outer[9] = 4;
+  ipBytes(outerSrc).copy(outer, 12);
+  ipBytes(outerDst).copy(outer, 16);
+  return ether(Buffer.concat([outer, innerIp]));
+}

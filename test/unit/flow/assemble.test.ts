@@ -13,7 +13,7 @@ function node(n: number, podIp: string, podName: string): NodeTopology {
   const podNs = { name: podName, path: `/run/netns/${podName}`, ino: 2000 + n };
   const dev = (ifindex: number, name: string, role: Device['role'], ns = netns): Device => ({ node: `node${n}`, netns: ns, ifindex, name, role, mtu: 1450 });
   return {
-    name: `node${n}`, netns, ip: `192.168.1.10${n}`,
+    name: `node${n}`, netns, ip: `192.168.1.10${n}`, cni: 'flannel-vxlan',
     underlay: dev(2, 'ens5', 'underlay'), bridge: dev(3, 'cni0', 'bridge'), tunnel: dev(4, 'flannel.1', 'tunnel'),
     pods: [{ name: podName, node: `node${n}`, netns: podNs, ips: [podIp], eth: { ...dev(2, 'eth0', 'pod', podNs), pod: podName }, hostVeth: { ...dev(5, 'veth1234', 'host-veth'), pod: podName } }],
   };
