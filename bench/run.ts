@@ -81,7 +81,7 @@ async function throughput(nodes: string[], podA: string): Promise<void> {
 }
 
 function perRun(): void {
-  const probe = HopProbe.load({ vxlanPorts: [8472] });
+  const probe = HopProbe.load({ vxlanPorts: [8472], drops: false });
   const empty = BpfObject.open(bpfObjectPath('empty'));
   empty.load();
   probe.follow({ family: 4, proto: 6, saddr: ipBytes(A), daddr: ipBytes(B), sport: 0, dport: 80, flowId: 1, direction: 'request' });

@@ -8,6 +8,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
 #include "parse.h"
 
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
@@ -120,6 +121,62 @@ SEC("tc")
 int nt_egress(struct __sk_buff *skb)
 {
 	return handle(skb, NT_HOOK_EGRESS);
+}
+
+/*
+ * A packet of a followed flow freed with a drop reason: where and why it died.
+ * Reads the packet from kernel memory at its network header (outer or inner).
+ */
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(nt_drop, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+{
+	struct nt_hop_record r = {};
+	struct nt_flow_key key = {};
+	struct nt_flow_rule *rule;
+	struct nt_src src = {};
+	struct net_device *dev;
+	struct sock *sk;
+	__u16 nh;
+
+	if (reason <= SKB_CONSUMED)
+		return 0;
+	nh = BPF_CORE_READ(skb, network_header);
+	if (nh == (__u16)~0U)
+		return 0;
+	src.kbase = BPF_CORE_READ(skb, head) + nh;
+	if (parse_packet(&src, 0, BPF_CORE_READ(skb, protocol), &r, 0))
+		return 0;
+	__builtin_memcpy(key.saddr, r.saddr, sizeof(key.saddr));
+	__builtin_memcpy(key.daddr, r.daddr, sizeof(key.daddr));
+	key.family = r.family;
+	key.proto = r.proto;
+	rule = bpf_map_lookup_elem(&nt_flows, &key);
+	if (!rule)
+		return 0;
+	/* the L4 fields, for the packet key and the port rule */
+	r.family = 0;
+	parse_packet(&src, 0, BPF_CORE_READ(skb, protocol), &r, 1);
+	if ((rule->sport && rule->sport != r.sport) || (rule->dport && rule->dport != r.dport))
+		return 0;
+	dev = BPF_CORE_READ(skb, dev);
+	sk = BPF_CORE_READ(skb, sk);
+	r.kind = NT_REC_DROP;
+	r.reason = reason;
+	r.flow_id = rule->flow_id;
+	r.direction = rule->direction;
+	r.ts_ns = bpf_ktime_get_ns();
+	r.netns_ino = dev ? BPF_CORE_READ(dev, nd_net.net, ns.inum) : sk ? BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) : 0;
+	r.ifindex = dev ? BPF_CORE_READ(dev, ifindex) : 0;
+	r.skb_len = BPF_CORE_READ(skb, len);
+	r.order = NT_ORDER_NONE;
+	if (bpf_ringbuf_output(&nt_records, &r, sizeof(r), BPF_RB_NO_WAKEUP)) {
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&nt_lost, &zero);
+
+		if (lost)
+			*lost += 1;
+	}
+	return 0;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,5 +1,6 @@
 // nettrace follow: attach to every device of the nodes, print each packet's path of the flow.
 import { NettraceError } from '../errors';
+import { readBtfEnum } from '../libbpf';
 import { pathToJsonLine } from '../export/json';
 import { formatPathTable } from '../export/table';
 import { PathAssembler } from '../flow/assemble';
@@ -57,7 +58,10 @@ export function follow(opts: FollowOptions): { done: Promise<number>; stop: () =
     throw err;
   }
 
-  const assembler = new PathAssembler(f, topology, { graceMs: opts.graceMs });
+  const reasons = readBtfEnum('skb_drop_reason');
+  const assembler = new PathAssembler(f, topology, {
+    graceMs: opts.graceMs, dropReason: (n) => (reasons.get(n) ?? `REASON_${n}`).replace(/^SKB_DROP_REASON_/, ''),
+  });
   let printed = 0;
   let finished = false;
   let resolveDone: (n: number) => void = () => {};

@@ -10,6 +10,7 @@ import { otlpTracesUrl } from '../export/otlpUrl';
 import { currentNetns, listNamedNetns, namedNetns, type NetnsRef } from '../topology/netns';
 import { agentNodeError, startAgent } from './agent';
 import { follow } from './follow';
+import { formatDiagnosis, runDiagnose } from './diagnose';
 import { requireBtf, requireRoot } from './preflight';
 
 function positiveInt(flag: string) {
@@ -114,6 +115,26 @@ function buildProgram(): Command {
       stop = session.stop;
       if (process.exitCode) stop();
       await session.done;
+    });
+
+  program.command('diagnose')
+    .description('send probes of a flow (or watch it) and say where and why it breaks or slows')
+    .requiredOption('--flow <spec>', "the flow: 'SRC[:PORT] -> DST[:PORT]'")
+    .addOption(new Option('--proto <proto>', 'tcp, udp or icmp (default: tcp with ports, icmp without)'))
+    .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json']).default('table'))
+    .option('--nodes <netns,...>', 'network namespaces acting as nodes (default: the test cluster, else this host)')
+    .option('--passive', 'send nothing: watch the flow\'s real traffic')
+    .option('--seconds <s>', 'how long --passive watches', positiveNumber('--seconds'), 5)
+    .addOption(new Option('--attach <mechanism>', 'tcx links (kernel 6.6+) or classic tc filters').choices(['tcx', 'tc']).default('tcx'))
+    .action(async (o: { flow: string; proto?: string; output: 'table' | 'json'; nodes?: string; passive?: boolean; seconds: number; attach: 'tcx' | 'tc' }) => {
+      const flow = parseFlowSpec(o.flow, o.proto !== undefined ? parseProto(o.proto) : undefined);
+      requireRoot();
+      requireBtf();
+      const d = await runDiagnose({
+        flow, nodes: resolveNodes(o.nodes), passive: !!o.passive, seconds: o.seconds, attach: o.attach,
+        log: (s) => process.stderr.write(s + '\n'),
+      });
+      process.stdout.write(o.output === 'json' ? JSON.stringify(d) + '\n' : formatDiagnosis(flow, d));
     });
 
   program.command('agent')

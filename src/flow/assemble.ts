@@ -1,6 +1,6 @@
 // Rebuild each packet's path from hop records: group by what the packet carries unchanged
 // end to end (design §2), order by the step model, emit when the last hop is seen or after a grace time.
-import type { HopRecord } from '../probe/layout.generated';
+import { RECORD_KIND, type HopRecord } from '../probe/layout.generated';
 import { deviceKey, type ClusterTopology, type Device, findPodByIp } from '../topology/model';
 import { FINAL_ORDER, hookPoint, presentRoles, skippedSteps, STEP_NAMES, stepOn, type Side } from '../topology/steps';
 import type { DeviceRole } from '../topology/model';
@@ -17,6 +17,7 @@ interface Seen {
 
 interface Pending {
   first: HopRecord;
+  kernelDrop?: { reason: string; device: string | null };
   direction: 'request' | 'reply';
   hops: Map<number, Seen>;
   lastSeenMs: number;
@@ -55,6 +56,8 @@ export function packetKey(r: HopRecord): string {
 export interface AssemblerOptions {
   /** how long a path may wait for its next hop before it is reported incomplete */
   graceMs: number;
+  /** name of a kernel drop reason (enum skb_drop_reason value) */
+  dropReason?: (reason: number) => string;
   now?: () => number;
 }
 
@@ -89,6 +92,7 @@ export class PathAssembler {
 
   /** Take one record; returns the path when this record completed it. */
   add(r: HopRecord): PacketPath | null {
+    if (r.kind === RECORD_KIND.DROP) return this.dropped(r);
     const device = this.devices.get(deviceKey(r.netns_ino, r.ifindex));
     if (!device) return null;
     const direction = r.direction === 0 ? 'request' : 'reply';
@@ -113,6 +117,17 @@ export class PathAssembler {
       return this.build(p, true);
     }
     return null;
+  }
+
+  /** The kernel freed a packet of the flow: its path ends here, with the kernel's reason. */
+  private dropped(r: HopRecord): PacketPath | null {
+    const key = packetKey(r);
+    const p = this.pending.get(key);
+    if (!p) return null; // died before the first hook: nothing to place it on
+    this.pending.delete(key);
+    const reason = this.opts.dropReason?.(r.reason) ?? `reason ${r.reason}`;
+    p.kernelDrop = { reason, device: this.devices.get(deviceKey(r.netns_ino, r.ifindex))?.name ?? null };
+    return this.build(p, false);
   }
 
   /** Paths whose next hop has not come within the grace time (all of them with force). */
@@ -169,7 +184,10 @@ export class PathAssembler {
       complete,
       drop: complete || !last ? null : {
         step: last.step, device: last.device.name, node: last.device.node,
-        reason: `not seen after ${last.device.name} ${last.hook} (step ${last.step}, ${STEP_NAMES[last.step]})`,
+        reason: p.kernelDrop
+          ? `dropped by the kernel (${p.kernelDrop.reason}) after ${last.device.name} ${last.hook} (step ${last.step}, ${STEP_NAMES[last.step]})`
+          : `not seen after ${last.device.name} ${last.hook} (step ${last.step}, ${STEP_NAMES[last.step]})`,
+        ...(p.kernelDrop ? { kernel_reason: p.kernelDrop.reason, ...(p.kernelDrop.device ? { dropped_on: p.kernelDrop.device } : {}) } : {}),
       },
     };
   }

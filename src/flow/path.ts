@@ -29,5 +29,11 @@ export interface PacketPath {
   total_ns: number;
   complete: boolean;
   /** where an incomplete path stopped: the last hop that saw it */
-  drop: null | { step: number; device: string; node: string; reason: string };
+  drop: null | {
+    step: number; device: string; node: string; reason: string;
+    /** the kernel's drop reason (enum skb_drop_reason without its prefix), when it dropped the packet */
+    kernel_reason?: string;
+    /** the device the kernel had the packet on when it dropped it */
+    dropped_on?: string;
+  };
 }

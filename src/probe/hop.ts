@@ -10,6 +10,8 @@ export interface HopOptions {
   vxlanPorts: number[];
   /** ring size in bytes, a power of two */
   ringBytes?: number;
+  /** also report followed packets the kernel drops, with its reason (tp_btf/kfree_skb; default true) */
+  drops?: boolean;
 }
 
 const MAX_VXLAN_PORTS = CONFIG_FIELDS.vxlan_ports.length / 2;
@@ -20,6 +22,7 @@ export class HopProbe {
   private readonly flows: BpfMap;
   private readonly lost: BpfMap;
   private readonly ring: RingReader;
+  private dropLink: { detach(): void } | null = null;
 
   private constructor(private readonly obj: BpfObject) {
     this.ingress = obj.program('nt_ingress');
@@ -36,8 +39,11 @@ export class HopProbe {
       const ports = [...new Set(opts.vxlanPorts)].slice(0, MAX_VXLAN_PORTS);
       for (let i = 0; i < MAX_VXLAN_PORTS; i++) cfg.writeUInt16LE(ports[i] ?? 0, CONFIG_FIELDS.vxlan_ports.offset + 2 * i);
       if (opts.ringBytes) obj.setMaxEntries('nt_records', opts.ringBytes);
+      if (opts.drops === false) obj.setAutoload('nt_drop', false);
       obj.load();
-      return new HopProbe(obj);
+      const probe = new HopProbe(obj);
+      if (opts.drops !== false) probe.dropLink = obj.attach('nt_drop');
+      return probe;
     } catch (err) {
       obj.close();
       throw err;
@@ -65,6 +71,7 @@ export class HopProbe {
   }
 
   close(): void {
+    this.dropLink?.detach();
     this.ring.close();
     this.obj.close();
   }

@@ -82,7 +82,10 @@ export function discoverNode(netns: NetnsRef, nodeNetns: Set<string> = new Set()
   // the underlay carries the node IP: the tunnel's local address, else routes via other nodes, else the default route
   const byAddr = tunnel?.vxlan?.local ? links.find((l) => globalAddrs(addrs, l.ifindex).includes(tunnel.vxlan!.local)) : undefined;
   const viaGw = routes.find((r) => r.gateway && r.dev && r.dev !== tunnelLink?.ifname);
-  const underlayLink = byAddr ?? links.find((l) => l.ifname === viaGw?.dev) ?? links.find((l) => l.ifname === routes.find((r) => r.dst === 'default')?.dev);
+  // last, the device with the node's address: not the tunnel, not a bridge, not a pod's veth
+  const byNodeAddr = () => links.find((l) => l.ifname !== 'lo' && l.ifindex !== tunnelLink?.ifindex && kind(l) !== 'bridge' && !l.master &&
+    globalAddrs(addrs, l.ifindex).length > 0 && (kind(l) !== 'veth' || (l.link_netnsid !== undefined && nodeNetns.has(nsNames.get(l.link_netnsid) ?? ''))));
+  const underlayLink = byAddr ?? links.find((l) => l.ifname === viaGw?.dev) ?? links.find((l) => l.ifname === routes.find((r) => r.dst === 'default')?.dev) ?? byNodeAddr();
   const underlay = underlayLink ? device(name, netns, underlayLink, 'underlay') : null;
 
   const pods: Pod[] = [];
@@ -97,18 +100,20 @@ export function discoverNode(netns: NetnsRef, nodeNetns: Set<string> = new Set()
   bridgeLink ??= links.find((l) => kind(l) === 'bridge');
   const nodeIp = tunnel?.vxlan?.local || (underlayLink ? globalAddrs(addrs, underlayLink.ifindex)[0] ?? null : null);
   const bridge = bridgeLink ? device(name, netns, bridgeLink, 'bridge') : null;
+  // Calico's mark: each pod reached by a /32 route through its own veth, no bridge
+  const routedPods = pods.length > 0 && pods.every((p) => routes.some((r) => r.dev === p.hostVeth.name && p.ips.some((ip) => r.dst === ip || r.dst === `${ip}/32`)));
   const bgp = routes.some((r) => (r as IpRoute & { protocol?: string }).protocol === 'bird');
-  return { name, netns, ip: nodeIp, underlay, bridge, tunnel, pods, cni: detectCni(tunnelLink, !!bridge, bgp) };
+  return { name, netns, ip: nodeIp, underlay, bridge, tunnel, pods, cni: detectCni(tunnelLink, !!bridge, bgp || (routedPods && !tunnelLink)) };
 }
 
-/** The mode from what is on the node: the tunnel's kind and port, a bridge, BGP-learned routes (design §1). */
-export function detectCni(tunnel: IpLink | undefined, bridge: boolean, bgpRoutes: boolean): string {
+/** The mode from what is on the node: the tunnel's kind and port, a bridge, BGP-learned or Calico pod routes (design §1). */
+export function detectCni(tunnel: IpLink | undefined, bridge: boolean, calicoRouted: boolean): string {
   const kind = tunnel?.linkinfo?.info_kind;
   const port = tunnel?.linkinfo?.info_data?.port;
   if (kind === 'ipip') return 'calico-ipip';
   if (kind === 'vxlan') return port === 8472 ? 'flannel-vxlan' : port === 6784 ? 'weave' : !bridge ? 'calico-vxlan' : 'flannel-vxlan';
   if (bridge) return 'flannel-host-gw';
-  return bgpRoutes ? 'calico-bgp' : 'unknown';
+  return calicoRouted ? 'calico-bgp' : 'unknown';
 }
 
 export function discoverCluster(nodes: NetnsRef[]): ClusterTopology {

@@ -1,0 +1,146 @@
+// Where and why a flow breaks or slows, from the paths of probe packets (design §6 of the
+// issue: the seed's troubleshooting by hand). Pure: what the node says is passed in.
+import type { ReachCheck } from '../topology/inspect';
+import { STEP_NAMES } from '../topology/steps';
+import type { HopView, PacketPath } from './path';
+
+export type Cause = 'mtu' | 'netfilter-drop' | 'no-route' | 'no-neighbour' | 'no-fdb' | 'delay' | 'loss' | 'none';
+
+export interface Diagnosis {
+  healthy: boolean;
+  step: number | null;
+  step_name: string | null;
+  node: string | null;
+  device: string | null;
+  /** the kernel's drop reason, when it dropped the probes */
+  reason: string | null;
+  cause: Cause;
+  detail: string;
+  /** what to check or change next */
+  next: string;
+  /** per-step latency of a complete probe, as follow prints it */
+  steps: HopView[];
+}
+
+export interface DiagnoseInput {
+  paths: PacketPath[];
+  /** the full-size probe with DF set (seed case 3): its size and what became of it */
+  mtuProbe: { size: number; podMtu: number; paths: PacketPath[] } | null;
+  /** what the node where a probe stopped knows about reaching the destination */
+  reach: (node: string) => ReachCheck;
+  dropRules: (node: string) => string[];
+  /** a device's MTU by node and name */
+  mtu: (node: string, dev: string) => number | null;
+  dst: string;
+}
+
+const DELAY_MIN_NS = 1_000_000;
+const DELAY_FACTOR = 10;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)] ?? 0;
+}
+
+function ms(ns: number): string {
+  return ns >= 1e6 ? `${(ns / 1e6).toFixed(1)} ms` : `${(ns / 1e3).toFixed(1)} µs`;
+}
+
+/** A stopped probe's diagnosis: its own hops are the steps shown, up to where it stopped. */
+function broken(p: PacketPath, cause: Cause, detail: string, next: string): Diagnosis {
+  const d = p.drop!;
+  return {
+    healthy: false, step: d.step, step_name: STEP_NAMES[d.step] ?? null, node: d.node, device: d.device,
+    reason: d.kernel_reason ?? null, cause, detail, next, steps: p.steps,
+  };
+}
+
+/** Why one stopped path stopped, reading the node it stopped on. */
+function whyStopped(p: PacketPath, input: DiagnoseInput): Diagnosis | null {
+  const d = p.drop!;
+  if (d.kernel_reason === 'NETFILTER_DROP') {
+    const rules = input.dropRules(d.node);
+    const where = rules.length ? `; the node's FORWARD chain has: ${rules.join(' | ')}` : '';
+    return broken(p, 'netfilter-drop', `netfilter dropped the packet on ${d.node} after ${d.device} (step ${d.step}, then routing/FORWARD)${where}`,
+      `check the node's iptables/nftables FORWARD rules and NetworkPolicies for ${input.dst}`);
+  }
+  const reach = input.reach(d.node);
+  if (!reach.route) {
+    return broken(p, 'no-route', `${d.node} has no route to ${input.dst}${d.kernel_reason ? ` (kernel: ${d.kernel_reason})` : ''}`,
+      `the CNI should have added a route to the other node's pod CIDR: check it is running (flannel: flanneld) and \`ip route\` on ${d.node}`);
+  }
+  if (reach.neighbour && !reach.neighbour.mac) {
+    return broken(p, 'no-neighbour', `${d.node} routes ${input.dst} via ${reach.neighbour.ip} on ${reach.route.dev}, and has no neighbour entry for ${reach.neighbour.ip}`,
+      `the CNI writes it (flannel: a permanent entry with the other node's VTEP MAC): \`ip neigh show dev ${reach.route.dev}\` on ${d.node}`);
+  }
+  if (reach.fdb && !reach.fdb.dst) {
+    return broken(p, 'no-fdb', `${d.node} knows ${reach.neighbour!.ip} is ${reach.fdb.mac} on ${reach.route.dev}, and its FDB has no node to send ${reach.fdb.mac} to`,
+      `the CNI writes it (flannel: bridge fdb ... dst NODE_IP): \`bridge fdb show dev ${reach.route.dev}\` on ${d.node}`);
+  }
+  return null;
+}
+
+export function diagnose(input: DiagnoseInput): Diagnosis {
+  const complete = input.paths.filter((p) => p.complete);
+  const stopped = input.paths.filter((p) => !p.complete && p.drop);
+  const steps = (complete.find((p) => p.direction === 'request') ?? complete[0])?.steps ?? [];
+
+  // the seed's case 3: a full-size packet with DF set that does not fit a device on the way
+  const big = input.mtuProbe?.paths.find((p) => !p.complete && p.drop);
+  if (big && (big.drop!.kernel_reason === 'PKT_TOO_BIG' || big.drop!.kernel_reason === 'FRAG_NEEDED')) {
+    const reach = input.reach(big.drop!.node);
+    const dev = reach.route?.dev ?? big.drop!.device;
+    const devMtu = input.mtu(big.drop!.node, dev);
+    return broken(big, 'mtu',
+      `a ${input.mtuProbe!.size}-byte packet with DF set (the pod's MTU is ${input.mtuProbe!.podMtu}) does not fit ${dev} on ${big.drop!.node}, MTU ${devMtu ?? '?'}${big.drop!.kernel_reason ? ` (kernel: ${big.drop!.kernel_reason})` : ''}`,
+      `set the pods' MTU to ${devMtu ?? 'the tunnel MTU'} (the CNI's MTU setting; VXLAN takes 50 bytes) or raise the underlay MTU by 50`);
+  }
+
+  if (stopped.length > 0) {
+    const first = stopped.find((p) => p.direction === 'request') ?? stopped[0]!;
+    const why = whyStopped(first, input);
+    if (why) return why;
+    const total = input.paths.length;
+    const rate = stopped.length / Math.max(1, total);
+    const d = first.drop!;
+    return broken(first, 'loss', `${stopped.length} of ${total} probe packets (${(rate * 100).toFixed(0)} %) stopped after ${d.device} on ${d.node} (step ${d.step}, ${STEP_NAMES[d.step]})${d.kernel_reason ? `, dropped by the kernel: ${d.kernel_reason}` : ''}`,
+      `look at what comes after ${d.device} on ${d.node}: its counters (ip -s link), qdisc (tc -s qdisc) and the next device`);
+  }
+
+  if (complete.length === 0) {
+    return { healthy: false, step: null, step_name: null, node: null, device: null, reason: null, cause: 'loss', detail: 'no probe packet was seen on any hook', next: 'check the source pod can send at all (its eth0 and default route)', steps: [] };
+  }
+
+  // delay: one step much slower than all the others
+  const byStep = new Map<string, { hop: HopView; prev: HopView; lat: number[] }>();
+  for (const p of complete) {
+    p.steps.forEach((h, i) => {
+      if (i === 0) return;
+      const k = `${p.direction}/${h.step}/${h.node}/${h.device}/${h.hook}`;
+      const e = byStep.get(k) ?? { hop: h, prev: p.steps[i - 1]!, lat: [] };
+      e.lat.push(h.latency_ns);
+      byStep.set(k, e);
+    });
+  }
+  const ranked = [...byStep.values()].map((e) => ({ hop: e.hop, prev: e.prev, med: median(e.lat) })).sort((a, b) => b.med - a.med);
+  const slow = ranked[0];
+  const others = ranked.filter((r) => r.hop.step !== slow?.hop.step || r.hop.device !== slow?.hop.device);
+  const rest = median(others.map((r) => r.med));
+  if (slow && slow.med >= DELAY_MIN_NS && slow.med >= DELAY_FACTOR * Math.max(rest, 1)) {
+    const h = slow.hop;
+    const from = `${slow.prev.device} ${slow.prev.hook} on ${slow.prev.node}`;
+    // show a packet that met the delay: the slowest at that step
+    const at = (p: PacketPath) => p.steps.find((x) => x.step === h.step && x.device === h.device && x.node === h.node)?.latency_ns ?? 0;
+    const shown = complete.reduce((a, b) => (at(b) > at(a) ? b : a));
+    return {
+      healthy: false, step: h.step, step_name: STEP_NAMES[h.step] ?? null, node: h.node, device: h.device, reason: null, cause: 'delay',
+      detail: `step ${h.step} (${STEP_NAMES[h.step]}), from ${from} to ${h.device} ${h.hook} on ${h.node}, holds ${ms(slow.med)} (median of ${complete.length} packets); the other steps take ${ms(rest)} (median)`,
+      next: `look between ${from} and ${h.device} on ${h.node}: qdiscs (tc -s qdisc show dev ${slow.prev.device}), shaping, or a busy CPU`, steps: shown.steps,
+    };
+  }
+  const total = median(complete.map((p) => p.total_ns));
+  return {
+    healthy: true, step: null, step_name: null, node: null, device: null, reason: null, cause: 'none',
+    detail: `all ${complete.length} probe packets crossed every step; median path ${ms(total)}`, next: 'nothing to fix on the path', steps,
+  };
+}
