@@ -46,17 +46,11 @@ struct {
 } nt_lost SEC(".maps");
 
 
-static __always_inline void emit(struct __sk_buff *skb, struct nt_hop_record *r)
+static __always_inline void output(struct nt_hop_record *r)
 {
-	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
 	__u32 zero = 0;
 	__u64 *lost;
 
-	r->ts_ns = bpf_ktime_get_ns();
-	r->netns_ino = BPF_CORE_READ(kskb, dev, nd_net.net, ns.inum);
-	r->ifindex = skb->ifindex;
-	r->skb_len = skb->len;
-	r->gso_segs = skb->gso_segs;
 	/* never a wakeup: the reader drains the mapped ring on a timer, and a wakeup
 	 * (irq_work) per record costs more than the rest of the program */
 	if (bpf_ringbuf_output(&nt_records, r, sizeof(*r), BPF_RB_NO_WAKEUP)) {
@@ -64,6 +58,18 @@ static __always_inline void emit(struct __sk_buff *skb, struct nt_hop_record *r)
 		if (lost)
 			*lost += 1;
 	}
+}
+
+static __always_inline void emit(struct __sk_buff *skb, struct nt_hop_record *r)
+{
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+
+	r->ts_ns = bpf_ktime_get_ns();
+	r->netns_ino = BPF_CORE_READ(kskb, dev, nd_net.net, ns.inum);
+	r->ifindex = skb->ifindex;
+	r->skb_len = skb->len;
+	r->gso_segs = skb->gso_segs;
+	output(r);
 }
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
@@ -169,13 +175,7 @@ int BPF_PROG(nt_drop, struct sk_buff *skb, void *location, enum skb_drop_reason 
 	r.ifindex = dev ? BPF_CORE_READ(dev, ifindex) : 0;
 	r.skb_len = BPF_CORE_READ(skb, len);
 	r.order = NT_ORDER_NONE;
-	if (bpf_ringbuf_output(&nt_records, &r, sizeof(r), BPF_RB_NO_WAKEUP)) {
-		__u32 zero = 0;
-		__u64 *lost = bpf_map_lookup_elem(&nt_lost, &zero);
-
-		if (lost)
-			*lost += 1;
-	}
+	output(&r);
 	return 0;
 }
 

@@ -85,12 +85,15 @@ function buildProgram(): Command {
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
 
-  program.command('follow')
-    .description('show each packet of a flow crossing the nine steps between two pods, live')
+  /** What every command about one flow takes. */
+  const flowCommand = (name: string, description: string) => program.command(name)
+    .description(description)
     .requiredOption('--flow <spec>', "the flow: 'SRC[:PORT] -> DST[:PORT]'")
     .addOption(new Option('--proto <proto>', 'tcp, udp or icmp (default: tcp with ports, icmp without)'))
     .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json']).default('table'))
-    .option('--nodes <netns,...>', 'network namespaces acting as nodes (default: the test cluster, else this host)')
+    .option('--nodes <netns,...>', 'network namespaces acting as nodes (default: the test cluster, else this host)');
+
+  flowCommand('follow', 'show each packet of a flow crossing the nine steps between two pods, live')
     .option('--count <n>', 'stop after n packets', positiveInt('--count'))
     .option('--timeout <seconds>', 'stop after this many seconds', positiveNumber('--timeout'))
     .option('--grace <ms>', 'report a path incomplete when its next hop has not come in this time', positiveInt('--grace'), 1000)
@@ -117,12 +120,7 @@ function buildProgram(): Command {
       await session.done;
     });
 
-  program.command('diagnose')
-    .description('send probes of a flow (or watch it) and say where and why it breaks or slows')
-    .requiredOption('--flow <spec>', "the flow: 'SRC[:PORT] -> DST[:PORT]'")
-    .addOption(new Option('--proto <proto>', 'tcp, udp or icmp (default: tcp with ports, icmp without)'))
-    .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json']).default('table'))
-    .option('--nodes <netns,...>', 'network namespaces acting as nodes (default: the test cluster, else this host)')
+  flowCommand('diagnose', 'send probes of a flow (or watch it) and say where and why it breaks or slows')
     .option('--passive', 'send nothing: watch the flow\'s real traffic')
     .option('--seconds <s>', 'how long --passive watches', positiveNumber('--seconds'), 5)
     .addOption(new Option('--attach <mechanism>', 'tcx links (kernel 6.6+) or classic tc filters').choices(['tcx', 'tc']).default('tcx'))
