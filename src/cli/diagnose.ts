@@ -9,6 +9,7 @@ import { formatFlow, type FlowSpec } from '../flow/spec';
 import type { AttachMechanism } from '../probe/attach';
 import { discoverCluster } from '../topology/discover';
 import { checkReach, deviceMtu, forwardDropRules } from '../topology/inspect';
+import { nodeServices } from '../topology/services';
 import { findPodByIp, type NodeTopology, type Pod } from '../topology/model';
 import type { NetnsRef } from '../topology/netns';
 import { STEP_NAMES } from '../topology/steps';
@@ -21,6 +22,7 @@ export interface DiagnoseOptions {
   /** how long to watch real traffic with --passive */
   seconds: number;
   attach: AttachMechanism;
+  cni?: string;
   log: (s: string) => void;
 }
 
@@ -29,7 +31,7 @@ const PROBES = 5;
 /** Probe packets of the flow's protocol from inside the source pod, then one full-size one with DF. */
 function sendProbes(pod: Pod, f: FlowSpec, podMtu: number): void {
   const inPod = (cmd: string[]) => spawnSync('ip', ['netns', 'exec', pod.netns.name, ...cmd], { stdio: 'ignore', timeout: 10_000 });
-  const bash = (script: string) => inPod(['timeout', '2', 'bash', '-c', script]);
+  const bash = (script: string) => inPod(['timeout', '1', 'bash', '-c', script]);
   if (f.proto === 'icmp') {
     inPod(['ping', '-c', String(PROBES), '-i', '0.05', '-W', '1', f.dst]);
     inPod(['ping', '-c', '1', '-W', '1', '-M', 'do', '-s', String(podMtu - 28), f.dst]);
@@ -46,7 +48,9 @@ function sendProbes(pod: Pod, f: FlowSpec, podMtu: number): void {
 export async function runDiagnose(opts: DiagnoseOptions): Promise<Diagnosis> {
   const f = opts.flow;
   const topology = discoverCluster(opts.nodes);
+  if (opts.cni) for (const n of topology.nodes) n.cni = opts.cni;
   const pod = findPodByIp(topology, f.src);
+  // the source pod's probes to a ClusterIP go through the node's DNAT like any client's
   if (!pod && !opts.passive) {
     throw new NettraceError('NOT_FOUND', `${f.src} is not a pod in ${opts.nodes.map((n) => n.name).join(', ')}: no pod to send probes from`,
       'give a pod address as the source, or watch real traffic with --passive');
@@ -61,10 +65,23 @@ export async function runDiagnose(opts: DiagnoseOptions): Promise<Diagnosis> {
   }
 
   const paths: PacketPath[] = [];
+  let stopping = false;
+  let readyNs = Number.MAX_SAFE_INTEGER; // bpf_ktime_get_ns and hrtime are both CLOCK_MONOTONIC
   const session = follow({
-    flow: f, nodes: opts.nodes, output: 'json', count: null, timeoutS: null, graceMs: 1000, attach: opts.attach,
-    write: (s) => { for (const line of s.split('\n')) if (line.trim()) paths.push(JSON.parse(line) as PacketPath); },
-    log: (s) => opts.log(s.replace(/^ready: following/, 'ready: diagnosing')),
+    flow: f, nodes: opts.nodes, output: 'json', count: null, timeoutS: null, graceMs: 1000, attach: opts.attach, cni: opts.cni,
+    write: (s) => {
+      for (const line of s.split('\n')) {
+        if (!line.trim()) continue;
+        const p = JSON.parse(line) as PacketPath;
+        // cut off by our own stop, or begun before every hook was on: not a lost packet
+        if (!p.complete && ((p.steps[0]?.ts_ns ?? 0) < readyNs || (stopping && !p.drop?.kernel_reason))) continue;
+        paths.push(p);
+      }
+    },
+    log: (s) => {
+      if (s.startsWith('ready:')) readyNs = Number(process.hrtime.bigint());
+      opts.log(s.replace(/^ready: following/, 'ready: diagnosing'));
+    },
   });
   const podMtu = pod?.eth.mtu ?? 1500;
   try {
@@ -75,16 +92,20 @@ export async function runDiagnose(opts: DiagnoseOptions): Promise<Diagnosis> {
     }
     await new Promise((r) => setTimeout(r, 1300)); // the grace time: a stopped packet is reported by then
   } finally {
+    stopping = true;
     session.stop();
     await session.done;
   }
 
   const node = (name: string): NodeTopology => topology.nodes.find((n) => n.name === name)!;
+  // a ClusterIP is routed as the endpoint it is translated to
+  const service = topology.nodes.flatMap(nodeServices).find((s) => s.clusterIp === f.dst);
+  const routedDst = service?.endpoints[0]?.ip ?? f.dst;
   const full = (p: PacketPath) => p.packet.len >= podMtu - 20;
   return diagnose({
     paths: paths.filter((p) => !full(p)),
     mtuProbe: opts.passive ? null : { size: podMtu, podMtu, paths: paths.filter(full) },
-    reach: (n) => checkReach(node(n), f.dst),
+    reach: (n) => checkReach(node(n), routedDst),
     dropRules: (n) => forwardDropRules(node(n)),
     mtu: (n, dev) => deviceMtu(node(n), dev),
     dst: f.dst,

@@ -12,6 +12,7 @@ import { reverse, type FlowRule } from '../probe/flowrule';
 import { HopProbe } from '../probe/hop';
 import { decodeHopRecord } from '../probe/layout.generated';
 import { discoverCluster } from '../topology/discover';
+import { nodeServices } from '../topology/services';
 import { allDevices, findPodByIp } from '../topology/model';
 import type { NetnsRef } from '../topology/netns';
 
@@ -23,6 +24,8 @@ export interface FollowOptions {
   timeoutS: number | null;
   graceMs: number;
   attach: AttachMechanism;
+  /** the CNI mode named by the user, over the one detected */
+  cni?: string;
   write: (s: string) => void;
   log: (s: string) => void;
 }
@@ -33,8 +36,12 @@ const EXPIRE_MS = 100;
 /** Resolves with the number of paths printed once --count, --timeout or stop() ends it. */
 export function follow(opts: FollowOptions): { done: Promise<number>; stop: () => void } {
   const topology = discoverCluster(opts.nodes);
+  if (opts.cni) for (const n of topology.nodes) n.cni = opts.cni;
   const f = opts.flow;
-  if (!findPodByIp(topology, f.src) && !findPodByIp(topology, f.dst)) {
+  // a ClusterIP: follow the packets to each endpoint too, as the same flow
+  const service = topology.nodes.flatMap(nodeServices).find((s) => s.clusterIp === f.dst && (!f.dport || s.port === f.dport));
+  const endpoints = service?.endpoints ?? [];
+  if (!findPodByIp(topology, f.src) && !findPodByIp(topology, f.dst) && !endpoints.some((e) => findPodByIp(topology, e.ip))) {
     throw new NettraceError('NOT_FOUND', `neither ${f.src} nor ${f.dst} is a pod in ${opts.nodes.map((n) => n.name).join(', ')}`,
       'check the addresses, or name the namespaces that act as nodes with --nodes');
   }
@@ -48,6 +55,11 @@ export function follow(opts: FollowOptions): { done: Promise<number>; stop: () =
     };
     probe.follow(request);
     probe.follow(reverse(request));
+    for (const ep of endpoints) {
+      const translated: FlowRule = { ...request, daddr: ipBytesOf(ep.ip), dport: f.dport ? ep.port : 0 };
+      probe.follow(translated);
+      probe.follow(reverse(translated));
+    }
     const devices = allDevices(topology);
     hooks = attachAll(devices, { ingress: probe.ingress, egress: probe.egress }, opts.attach);
     const modes = [...new Set(topology.nodes.map((n) => n.cni))].join(', ');
@@ -60,7 +72,7 @@ export function follow(opts: FollowOptions): { done: Promise<number>; stop: () =
 
   const reasons = readBtfEnum('skb_drop_reason');
   const assembler = new PathAssembler(f, topology, {
-    graceMs: opts.graceMs, dropReason: (n) => (reasons.get(n) ?? `REASON_${n}`).replace(/^SKB_DROP_REASON_/, ''),
+    graceMs: opts.graceMs, endpoints: endpoints.map((e) => e.ip), dropReason: (n) => (reasons.get(n) ?? `REASON_${n}`).replace(/^SKB_DROP_REASON_/, ''),
   });
   let printed = 0;
   let finished = false;

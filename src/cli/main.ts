@@ -91,14 +91,15 @@ function buildProgram(): Command {
     .requiredOption('--flow <spec>', "the flow: 'SRC[:PORT] -> DST[:PORT]'")
     .addOption(new Option('--proto <proto>', 'tcp, udp or icmp (default: tcp with ports, icmp without)'))
     .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json']).default('table'))
-    .option('--nodes <netns,...>', 'network namespaces acting as nodes (default: the test cluster, else this host)');
+    .option('--nodes <netns,...>', 'network namespaces acting as nodes (default: the test cluster, else this host)')
+    .addOption(new Option('--cni <mode>', 'the CNI mode, when detecting it from the nodes is not what you want').choices(CNI_MODES));
 
   flowCommand('follow', 'show each packet of a flow crossing the nine steps between two pods, live')
     .option('--count <n>', 'stop after n packets', positiveInt('--count'))
     .option('--timeout <seconds>', 'stop after this many seconds', positiveNumber('--timeout'))
     .option('--grace <ms>', 'report a path incomplete when its next hop has not come in this time', positiveInt('--grace'), 1000)
     .addOption(new Option('--attach <mechanism>', 'tcx links (kernel 6.6+) or classic tc filters').choices(['tcx', 'tc']).default('tcx'))
-    .action(async (o: { flow: string; proto?: string; output: 'table' | 'json'; nodes?: string; count?: number; timeout?: number; grace: number; attach: 'tcx' | 'tc' }) => {
+    .action(async (o: { flow: string; proto?: string; output: 'table' | 'json'; nodes?: string; cni?: string; count?: number; timeout?: number; grace: number; attach: 'tcx' | 'tc' }) => {
       const flow = parseFlowSpec(o.flow, o.proto !== undefined ? parseProto(o.proto) : undefined);
       requireRoot();
       requireBtf();
@@ -112,7 +113,7 @@ function buildProgram(): Command {
       process.once('SIGTERM', onSignal);
       const session = follow({
         flow, nodes: resolveNodes(o.nodes), output: o.output, count: o.count ?? null, timeoutS: o.timeout ?? null,
-        graceMs: o.grace, attach: o.attach,
+        graceMs: o.grace, attach: o.attach, cni: o.cni,
         write: (s) => process.stdout.write(s), log: (s) => process.stderr.write(s + '\n'),
       });
       stop = session.stop;
@@ -124,12 +125,12 @@ function buildProgram(): Command {
     .option('--passive', 'send nothing: watch the flow\'s real traffic')
     .option('--seconds <s>', 'how long --passive watches', positiveNumber('--seconds'), 5)
     .addOption(new Option('--attach <mechanism>', 'tcx links (kernel 6.6+) or classic tc filters').choices(['tcx', 'tc']).default('tcx'))
-    .action(async (o: { flow: string; proto?: string; output: 'table' | 'json'; nodes?: string; passive?: boolean; seconds: number; attach: 'tcx' | 'tc' }) => {
+    .action(async (o: { flow: string; proto?: string; output: 'table' | 'json'; nodes?: string; cni?: string; passive?: boolean; seconds: number; attach: 'tcx' | 'tc' }) => {
       const flow = parseFlowSpec(o.flow, o.proto !== undefined ? parseProto(o.proto) : undefined);
       requireRoot();
       requireBtf();
       const d = await runDiagnose({
-        flow, nodes: resolveNodes(o.nodes), passive: !!o.passive, seconds: o.seconds, attach: o.attach,
+        flow, nodes: resolveNodes(o.nodes), passive: !!o.passive, seconds: o.seconds, attach: o.attach, cni: o.cni,
         log: (s) => process.stderr.write(s + '\n'),
       });
       process.stdout.write(o.output === 'json' ? JSON.stringify(d) + '\n' : formatDiagnosis(flow, d));

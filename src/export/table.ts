@@ -17,13 +17,22 @@ function packetLine(p: PacketPath): string {
   return `${p.direction.padEnd(7)} ${ep(k.src, k.sport)} -> ${ep(k.dst, k.dport)} ${p.flow.proto} ip-id ${k.ip_id} len ${k.len}${segs} ${what}`.trimEnd();
 }
 
+/** Only the side of "SRC -> DST" that a translation changed. */
+function changed(from: string, to: string): string {
+  const [fs, fd] = from.split(' -> ');
+  const [ts, td] = to.split(' -> ');
+  return [fs !== ts ? `${fs} => ${ts}` : '', fd !== td ? `${fd} => ${td}` : ''].filter(Boolean).join(', ');
+}
+
 export function formatPathTable(p: PacketPath): string {
   const hops = p.steps.map((h) => ({ step: h.step, row: [
     String(h.step), h.name, h.node, h.pod ? `${h.device}@${h.pod}` : h.device, h.hook, h === p.steps[0] ? '' : `+${formatDuration(h.latency_ns)}`,
   ] }));
   // a step the CNI mode does not have is a row of its own, in step order, saying why
   const skipped = (p.skipped ?? []).map((s) => ({ step: s.step, row: [String(s.step), s.name, s.node, `(${s.reason})`, '', ''] }));
-  const rows = [...hops, ...skipped].sort((a, b) => a.step - b.step).map((r) => r.row);
+  // a translation (a Service's DNAT) is a row too, before the hop that first saw the new addresses
+  const nat = (p.translations ?? []).map((t) => ({ step: t.before_step - 0.5, row: ['', 'service NAT', t.node, changed(t.from, t.to), '', ''] }));
+  const rows = [...hops, ...skipped, ...nat].sort((a, b) => a.step - b.step).map((r) => r.row);
   const head = ['step', 'what', 'node', 'device', 'hook', 'latency'];
   const widths = head.map((hd, i) => Math.max(hd.length, ...rows.map((r) => r[i]!.length)));
   const line = (r: string[]) => '  ' + r.map((c, i) => (i === r.length - 1 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ');

@@ -13,6 +13,8 @@ interface Seen {
   device: Device;
   hook: 'ingress' | 'egress';
   ts: number;
+  /** the addresses the packet carried there: they change where a Service is translated */
+  addrs: string;
 }
 
 interface Pending {
@@ -29,6 +31,10 @@ function tcpFlags(bits: number): string {
   let s = '';
   for (let i = 0; i < 8; i++) if (bits & (1 << i)) s += TCP_FLAGS[i];
   return s;
+}
+
+function endpoint(addr: string, port: number, proto: number): string {
+  return proto === 6 || proto === 17 ? `${addr}:${port}` : addr;
 }
 
 export function addrString(bytes: Uint8Array, family: number): string {
@@ -58,6 +64,8 @@ export interface AssemblerOptions {
   graceMs: number;
   /** name of a kernel drop reason (enum skb_drop_reason value) */
   dropReason?: (reason: number) => string;
+  /** when the flow's destination is a ClusterIP: the endpoints it is translated to */
+  endpoints?: string[];
   now?: () => number;
 }
 
@@ -80,7 +88,7 @@ export class PathAssembler {
     }
     // The sender's node is the source side of a request; the reply's sides are mirrored.
     const srcNode = findPodByIp(topology, flow.src)?.node;
-    const dstNode = findPodByIp(topology, flow.dst)?.node;
+    const dstNode = [flow.dst, ...(opts.endpoints ?? [])].map((ip) => findPodByIp(topology, ip)?.node).find(Boolean);
     const sides = (from: string | undefined, to: string | undefined) => {
       const m = new Map<string, Side>();
       if (to) m.set(to, 'destination');
@@ -110,7 +118,8 @@ export class PathAssembler {
       this.pending.set(key, p);
     }
     const step = stepOn(side, device.role, hook, this.roles.get(device.node) ?? new Set()) ?? point.step;
-    if (!p.hops.has(point.order)) p.hops.set(point.order, { order: point.order, step, device, hook, ts: r.ts_ns });
+    const addrs = `${endpoint(addrString(r.saddr, r.family), r.sport, r.proto)} -> ${endpoint(addrString(r.daddr, r.family), r.dport, r.proto)}`;
+    if (!p.hops.has(point.order)) p.hops.set(point.order, { order: point.order, step, device, hook, ts: r.ts_ns, addrs });
     p.lastSeenMs = this.now();
     if (point.order === FINAL_ORDER) {
       this.pending.delete(key);
@@ -170,6 +179,10 @@ export class PathAssembler {
     if (r.proto === 6) Object.assign(packet, { seq: r.seq, ack: r.ack, tcp_flags: tcpFlags(r.tcp_flags) });
     if (r.proto === 1 || r.proto === 58) Object.assign(packet, { icmp_type: r.icmp_type, icmp_id: r.sport, icmp_seq: r.seq });
     const last = hops[hops.length - 1];
+    // a Service's DNAT (or the reply's reverse NAT) shows as the addresses changing between two hops
+    const translations = hops.slice(1).flatMap((h, i) => (h.addrs === hops[i]!.addrs ? [] : [{
+      node: h.device.node, after: `${hops[i]!.device.name} ${hops[i]!.hook}`, before_step: h.step, from: hops[i]!.addrs, to: h.addrs,
+    }]));
     const skipped = [...new Set(hops.map((h) => h.device.node))].flatMap((node) => {
       const side = this.sideOf[p.direction].get(node);
       return side ? skippedSteps(side, this.roles.get(node) ?? new Set()).map((s) => ({ step: s.step, name: STEP_NAMES[s.step] ?? '', node, reason: s.reason })) : [];
@@ -180,6 +193,7 @@ export class PathAssembler {
       packet,
       steps,
       ...(skipped.length ? { skipped } : {}),
+      ...(translations.length ? { translations } : {}),
       total_ns: steps.reduce((s, h) => s + h.latency_ns, 0),
       complete,
       drop: complete || !last ? null : {

@@ -26,6 +26,8 @@ export interface PacketPath {
   steps: HopView[];
   /** steps this CNI mode does not have (host-gw: 5 and 7, "no encapsulation"); absent when none */
   skipped?: { step: number; name: string; node: string; reason: string }[];
+  /** address translations on the way (a ClusterIP's DNAT): on which node, after which hop, from and to */
+  translations?: { node: string; after: string; before_step: number; from: string; to: string }[];
   total_ns: number;
   complete: boolean;
   /** where an incomplete path stopped: the last hop that saw it */

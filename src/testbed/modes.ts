@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { NettraceError } from '../errors';
-import { ip, run } from '../exec';
+import { ip, ipJson, run } from '../exec';
 import type { TestbedState } from './testbed';
 
 export const CNI_MODES = ['flannel-vxlan', 'flannel-host-gw', 'calico-bgp', 'calico-vxlan', 'calico-ipip', 'weave'] as const;
@@ -47,8 +47,13 @@ function hex(n: number): string {
   return s;
 }
 
+/** bird2's daemon; NETTRACE_BIRD names another binary */
+function birdBinary(): string {
+  return process.env.NETTRACE_BIRD ?? 'bird';
+}
+
 function requireBird(): void {
-  if (spawnSync('bird', ['--version']).error) {
+  if (spawnSync(birdBinary(), ['--version']).error) {
     throw new NettraceError('TESTBED', 'calico-bgp needs bird2 (BGP between the nodes), and `bird` is not installed', 'install it: apt-get install bird2 (make deps does)');
   }
 }
@@ -78,7 +83,27 @@ export function buildMode(state: TestbedState, podMtu?: number): void {
   }
   const [n1, n2] = state.nodes as [Node, Node];
   for (const [self, other, otherIdx] of [[n1, n2, 2], [n2, n1, 1]] as const) remote(mode, self, other, otherIdx);
+  for (const n of state.nodes) for (const svc of state.services) kubeProxyService(n, svc);
   if (mode.routes === 'bgp') startBgp(state);
+}
+
+/** A ClusterIP as kube-proxy's iptables mode writes it: KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-* DNAT. */
+function kubeProxyService(n: Node, svc: TestbedState['services'][number]): void {
+  const ipt = (args: string[]) => run('ip', ['netns', 'exec', n.netns, 'iptables', '-t', 'nat', ...args]);
+  const tag = svc.name.toUpperCase().replace(/[^A-Z0-9]/g, '');
+  if (!run('ip', ['netns', 'exec', n.netns, 'iptables', '-t', 'nat', '-S'], { allowFail: true }).includes('-N KUBE-SERVICES')) {
+    ipt(['-N', 'KUBE-SERVICES']);
+    ipt(['-A', 'PREROUTING', '-j', 'KUBE-SERVICES']);
+    ipt(['-A', 'OUTPUT', '-j', 'KUBE-SERVICES']);
+  }
+  ipt(['-N', `KUBE-SVC-${tag}`]);
+  ipt(['-A', 'KUBE-SERVICES', '-d', `${svc.clusterIp}/32`, '-p', 'tcp', '-m', 'tcp', '--dport', String(svc.port), '-j', `KUBE-SVC-${tag}`]);
+  svc.endpoints.forEach((ep, i) => {
+    const sep = `KUBE-SEP-${tag}${i}`;
+    ipt(['-N', sep]);
+    ipt(['-A', `KUBE-SVC-${tag}`, '-j', sep]);
+    ipt(['-A', sep, '-p', 'tcp', '-m', 'tcp', '-j', 'DNAT', '--to-destination', ep]);
+  });
 }
 
 function nodeSide(mode: Mode, n: Node, idx: number, mtu: number): void {
@@ -118,13 +143,17 @@ function podSide(mode: Mode, n: Node, idx: number, pod: Pod, mtu: number): void 
   // Calico: cali + 11 hex digits, no address on the host side, proxy ARP, a /32 route per pod
   const cali = `cali${hex(11)}`;
   ip(n.netns, ['link', 'add', cali, 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', 'eth0', 'mtu', String(mtu), 'netns', pod.netns]);
-  run('ip', ['netns', 'exec', n.netns, 'sysctl', '-qw', `net.ipv4.conf.${cali}.proxy_arp=1`]);
+  // as calico-node sets them: answer the pod's ARP for its gateway, at once (proxy_delay defaults to 0.8 s)
+  run('ip', ['netns', 'exec', n.netns, 'sysctl', '-qw', `net.ipv4.conf.${cali}.proxy_arp=1`, `net.ipv4.neigh.${cali}.proxy_delay=0`]);
   ip(n.netns, ['link', 'set', cali, 'up']);
   ip(n.netns, ['route', 'add', `${pod.ip}/32`, 'dev', cali, 'scope', 'link']);
   ip(pod.netns, ['addr', 'add', `${pod.ip}/32`, 'dev', 'eth0']);
   ip(pod.netns, ['link', 'set', 'eth0', 'up']);
   ip(pod.netns, ['route', 'add', '169.254.1.1', 'dev', 'eth0', 'scope', 'link']);
   ip(pod.netns, ['route', 'add', 'default', 'via', '169.254.1.1', 'dev', 'eth0']);
+  // calico-node writes a permanent neighbour entry for each workload: the node never ARPs for a pod
+  const mac = ipJson<{ address: string }[]>(pod.netns, ['link', 'show', 'dev', 'eth0'])[0]!.address;
+  ip(n.netns, ['neigh', 'add', pod.ip, 'lladdr', mac, 'dev', cali, 'nud', 'permanent']);
 }
 
 /** How a node reaches the other node's pods. */
@@ -169,7 +198,7 @@ function startBgp(state: TestbedState): void {
       '}',
       '',
     ].join('\n'));
-    run('ip', ['netns', 'exec', self.netns, 'bird', '-c', f.conf, '-s', f.ctl, '-P', f.pid]);
+    run('ip', ['netns', 'exec', self.netns, birdBinary(), '-c', f.conf, '-s', f.ctl, '-P', f.pid]);
   }
   // the cluster is up when each node has the other's block from BGP
   const deadline = Date.now() + 20_000;

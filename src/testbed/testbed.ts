@@ -28,6 +28,8 @@ export interface TestbedState {
   prefix: string;
   nodes: { name: string; netns: string; ip: string; podCidr: string }[];
   pods: TestbedPod[];
+  /** ClusterIP services, kube-proxy style (iptables DNAT in every node) */
+  services: { name: string; clusterIp: string; port: number; endpoints: string[] }[];
 }
 
 export const STATE_DIR = '/run/nettrace/testbed';
@@ -42,6 +44,7 @@ function layout(prefix: string, cni: CniMode = 'flannel-vxlan'): TestbedState {
       { name: 'pod-a', netns: `${prefix}pod-a`, ip: '10.244.1.5', node: `${prefix}node1` },
       { name: 'pod-b', netns: `${prefix}pod-b`, ip: '10.244.2.8', node: `${prefix}node2` },
     ],
+    services: [{ name: 'iperf', clusterIp: '10.96.0.10', port: 5201, endpoints: ['10.244.2.8:5201'] }],
   };
 }
 

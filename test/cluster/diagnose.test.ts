@@ -2,7 +2,7 @@
 // fault applies: what it names (step, node, device, kernel reason, cause) and the JSON scripts read.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 import type { Diagnosis } from '../../src/flow/diagnose';
 import { birdFiles, MODES } from '../../src/testbed/modes';
@@ -173,4 +173,24 @@ test('diagnose: the table for a person marks the broken step; bad input is one l
   const noPort = spawnSync(NETTRACE, ['diagnose', '--nodes', nodes, '--flow', `${A} -> ${B}`, '--proto', 'tcp'], { encoding: 'utf8' });
   assert.equal(noPort.status, 2);
   assert.match(noPort.stderr, /a tcp probe needs the destination port/);
+});
+
+test('diagnose --passive watches real traffic; a node without a known CNI is one line', (t) => {
+  if (!needsRoot(t)) return;
+  const tb = withTestbed(t);
+  const nodes = tb.nodes.map((n) => n.netns).join(',');
+  const traffic = spawn('ip', ['netns', 'exec', tb.pods[0]!.netns, 'ping', '-c', '20', '-i', '0.1', B], { stdio: 'ignore' });
+  t.after(() => traffic.kill());
+  const r = spawnSync(NETTRACE, ['diagnose', '--nodes', nodes, '--flow', `${A} -> ${B}`, '--passive', '--seconds', '1', '-o', 'json'], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.status, 0, r.stderr);
+  const d = JSON.parse(r.stdout) as Diagnosis;
+  assert.equal(d.cause, 'none');
+  assert.ok(d.steps.length >= 8);
+
+  const empty = `${tb.prefix}empty`;
+  spawnSync('ip', ['netns', 'add', empty]);
+  t.after(() => spawnSync('ip', ['netns', 'del', empty]));
+  const bad = spawnSync(NETTRACE, ['diagnose', '--nodes', empty, '--flow', `${A} -> ${B}`], { encoding: 'utf8' });
+  assert.equal(bad.status, 5);
+  assert.match(bad.stderr, /^nettrace: E_NOT_FOUND: no device to hook in .*empty; name the namespaces that act as nodes with --nodes\n$/);
 });

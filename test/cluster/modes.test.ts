@@ -48,6 +48,10 @@ for (const [mode, want] of Object.entries(EXPECT) as [keyof typeof EXPECT, (type
     }
     const f = await startFollow(t, ['--nodes', nodes.join(','), '--flow', `${A} -> ${B}`, '-o', 'json', '--count', '2', '--timeout', '10']);
     assert.match(f.stderr(), new RegExp(`; ${mode}\\)`), 'the mode is detected from the nodes');
+    if (mode === 'weave') {
+      const o = spawnSync(NETTRACE, ['follow', '--nodes', nodes.join(','), '--flow', `${A} -> ${B}`, '--cni', 'flannel-vxlan', '--timeout', '0.5'], { encoding: 'utf8' });
+      assert.match(o.stderr, /; flannel-vxlan\)/, '--cni overrides what was detected');
+    }
     const podA = tb.pods.find((p) => p.name === 'pod-a')!.netns;
     assert.equal(nsExec(podA, ['ping', '-c', '1', '-W', '2', B]).status, 0);
     await f.exited;
@@ -86,6 +90,16 @@ test('calico-ipip: with IPIP in the kernel, the path through tunl0; without, one
   const r = spawnSync(NETTRACE, ['testbed', 'up', '--cni', 'calico-ipip', '--prefix', prefix], { encoding: 'utf8' });
   assert.equal(r.status, 7, r.stderr);
   assert.match(r.stderr, /^nettrace: E_TESTBED: calico-ipip needs IPIP tunnels, and this kernel has none \(CONFIG_NET_IPIP\); use a kernel with the ipip module/);
+  assert.equal(r.stderr.trim().split('\n').length, 1);
+  assert.doesNotMatch(spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout, new RegExp(prefix));
+});
+
+test('calico-bgp without bird2: one clear line, exit 7, nothing left', (t) => {
+  if (!needsRoot(t)) return;
+  const prefix = `ntnobird${process.pid % 10000}-`;
+  const r = spawnSync(NETTRACE, ['testbed', 'up', '--cni', 'calico-bgp', '--prefix', prefix], { encoding: 'utf8', env: { ...process.env, NETTRACE_BIRD: '/nonexistent/bird' } });
+  assert.equal(r.status, 7, r.stderr);
+  assert.match(r.stderr, /^nettrace: E_TESTBED: calico-bgp needs bird2 \(BGP between the nodes\), and `bird` is not installed; install it: apt-get install bird2/);
   assert.equal(r.stderr.trim().split('\n').length, 1);
   assert.doesNotMatch(spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout, new RegExp(prefix));
 });
