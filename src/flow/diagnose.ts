@@ -60,7 +60,7 @@ function whyStopped(p: PacketPath, input: DiagnoseInput): Diagnosis | null {
   const d = p.drop!;
   if (d.kernel_reason === 'NETFILTER_DROP') {
     const rules = input.dropRules(d.node);
-    const where = rules.length ? `; the node's FORWARD chain has: ${rules.join(' | ')}` : '';
+    const where = rules.length ? `; the node's filter table, FORWARD chain, has: ${rules.join(' | ')}` : '';
     return broken(p, 'netfilter-drop', `netfilter dropped the packet on ${d.node} after ${d.device} (step ${d.step}, then routing/FORWARD)${where}`,
       `check the node's iptables/nftables FORWARD rules and NetworkPolicies for ${input.dst}`);
   }
