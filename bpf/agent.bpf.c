@@ -12,6 +12,8 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 #include "parse.h"
+#define NT_RING_BYTES (1 << 20)
+#include "records.h"
 
 #define NT_AF_INET 2
 #define NT_AF_INET6 10
@@ -20,14 +22,6 @@
 			  (1 << NT_ORDER_VETH_EGRESS))
 
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
-
-/* Never used: names the record type in this object's BTF (see hop.bpf.c). */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct nt_hop_record);
-} nt_record_layout SEC(".maps");
 
 /* Never used either: puts the enums userspace shares into BTF for the generator. */
 struct nt_enums {
@@ -88,18 +82,6 @@ struct {
 	__type(value, __u32);
 } nt_netns SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 20);
-} nt_records SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} nt_lost SEC(".maps");
-
 static __always_inline __u64 fmix64(__u64 h)
 {
 	h ^= h >> 33;
@@ -153,19 +135,6 @@ static __always_inline void observe(__u32 order, __u64 delta_ns)
 	if (b < NT_LAT_BUCKETS)
 		lat->buckets[b] += 1;
 	lat->sum_ns += delta_ns;
-}
-
-static __always_inline void output(struct nt_hop_record *r)
-{
-	__u32 zero = 0;
-	__u64 *lost;
-
-	/* never a wakeup: the reader drains the mapped ring on a timer */
-	if (bpf_ringbuf_output(&nt_records, r, sizeof(*r), BPF_RB_NO_WAKEUP)) {
-		lost = bpf_map_lookup_elem(&nt_lost, &zero);
-		if (lost)
-			*lost += 1;
-	}
 }
 
 static __always_inline int sampled(__u64 h)

@@ -10,18 +10,10 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 #include "parse.h"
+#define NT_RING_BYTES (4 << 20)
+#include "records.h"
 
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
-
-/* Never used: names the record type in this object's BTF, where the TypeScript
- * decoder is generated from (libbpf 1.1 rejects a value type on a ringbuf). It also
- * keeps nt_cfg the only variable in .rodata, at offset 0. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct nt_hop_record);
-} nt_record_layout SEC(".maps");
 
 /* Flows being followed, keyed by address pair; userspace writes both directions. */
 struct {
@@ -31,33 +23,13 @@ struct {
 	__type(value, struct nt_flow_rule);
 } nt_flows SEC(".maps");
 
-/* Hop records out to userspace, read in bulk without per-record wakeups. */
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4 << 20);
-} nt_records SEC(".maps");
-
-/* [0]: records lost because the ring was full. Per CPU: no contention. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} nt_lost SEC(".maps");
-
-
-static __always_inline void output(struct nt_hop_record *r)
+/* The followed-flow map's key for the packet in r: its address pair. */
+static __always_inline void flow_key(struct nt_flow_key *key, const struct nt_hop_record *r)
 {
-	__u32 zero = 0;
-	__u64 *lost;
-
-	/* never a wakeup: the reader drains the mapped ring on a timer, and a wakeup
-	 * (irq_work) per record costs more than the rest of the program */
-	if (bpf_ringbuf_output(&nt_records, r, sizeof(*r), BPF_RB_NO_WAKEUP)) {
-		lost = bpf_map_lookup_elem(&nt_lost, &zero);
-		if (lost)
-			*lost += 1;
-	}
+	__builtin_memcpy(key->saddr, r->saddr, sizeof(key->saddr));
+	__builtin_memcpy(key->daddr, r->daddr, sizeof(key->daddr));
+	key->family = r->family;
+	key->proto = r->proto;
 }
 
 static __always_inline void emit(struct __sk_buff *skb, struct nt_hop_record *r)
@@ -99,10 +71,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 			return TC_ACT_UNSPEC;
 	}
 	/* the address pair decides before any L4 work: a miss costs one lookup */
-	__builtin_memcpy(key.saddr, r.saddr, sizeof(key.saddr));
-	__builtin_memcpy(key.daddr, r.daddr, sizeof(key.daddr));
-	key.family = r.family;
-	key.proto = r.proto;
+	flow_key(&key, &r);
 	rule = bpf_map_lookup_elem(&nt_flows, &key);
 	if (!rule)
 		return TC_ACT_UNSPEC;
@@ -152,10 +121,7 @@ int BPF_PROG(nt_drop, struct sk_buff *skb, void *location, enum skb_drop_reason 
 	src.kbase = BPF_CORE_READ(skb, head) + nh;
 	if (parse_packet(&src, 0, BPF_CORE_READ(skb, protocol), &r, 0))
 		return 0;
-	__builtin_memcpy(key.saddr, r.saddr, sizeof(key.saddr));
-	__builtin_memcpy(key.daddr, r.daddr, sizeof(key.daddr));
-	key.family = r.family;
-	key.proto = r.proto;
+	flow_key(&key, &r);
 	rule = bpf_map_lookup_elem(&nt_flows, &key);
 	if (!rule)
 		return 0;

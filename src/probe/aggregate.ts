@@ -3,6 +3,7 @@
 import { BpfObject, possibleCpus, RingReader } from '../libbpf';
 import type { BpfMap, BpfProgram, RecordHandler } from '../libbpf';
 import { CONFIG_FIELDS, DROP_KEY_FIELDS, LATENCY_FIELDS, LATENCY_SIZE, RETRANS_KEY_FIELDS, RETRANS_VALUE_FIELDS } from './layout.generated';
+import { writeVxlanPorts } from './config';
 import { bpfObjectPath } from './paths';
 
 export interface AggregateOptions {
@@ -42,7 +43,6 @@ export interface RetransmitCount {
 }
 
 export const DEFAULT_LATENCY_EVERY = 8;
-const MAX_VXLAN_PORTS = CONFIG_FIELDS.vxlan_ports.length / 2;
 export const LAT_BUCKETS = LATENCY_FIELDS.buckets.length / 8;
 const TRACEPOINTS = ['nt_kfree_skb', 'nt_tcp_retransmit'] as const;
 
@@ -66,8 +66,7 @@ export class AggregateProbe {
     const obj = BpfObject.open(bpfObjectPath('agent'));
     try {
       const cfg = obj.sectionData('.rodata');
-      const ports = [...new Set(opts.vxlanPorts)].slice(0, MAX_VXLAN_PORTS);
-      for (let i = 0; i < MAX_VXLAN_PORTS; i++) cfg.writeUInt16LE(ports[i] ?? 0, CONFIG_FIELDS.vxlan_ports.offset + 2 * i);
+      writeVxlanPorts(cfg, opts.vxlanPorts);
       // 1 in N: the top 32 bits of the packet hash below 2^32 / N (N = 1: every packet)
       const below = opts.sampleEvery > 0 ? Math.min(0xffffffff, Math.ceil(2 ** 32 / opts.sampleEvery)) : 0;
       cfg.writeUInt32LE(below, CONFIG_FIELDS.sample_below.offset);

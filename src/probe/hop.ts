@@ -2,7 +2,7 @@
 import { BpfObject, possibleCpus, RingReader } from '../libbpf';
 import type { BpfMap, BpfProgram, RecordHandler } from '../libbpf';
 import { encodeFlowKey, encodeFlowRule, type FlowRule } from './flowrule';
-import { CONFIG_FIELDS } from './layout.generated';
+import { writeVxlanPorts } from './config';
 import { bpfObjectPath } from './paths';
 
 export interface HopOptions {
@@ -14,7 +14,6 @@ export interface HopOptions {
   drops?: boolean;
 }
 
-const MAX_VXLAN_PORTS = CONFIG_FIELDS.vxlan_ports.length / 2;
 
 export class HopProbe {
   readonly ingress: BpfProgram;
@@ -36,8 +35,7 @@ export class HopProbe {
     const obj = BpfObject.open(bpfObjectPath('hop'));
     try {
       const cfg = obj.sectionData('.rodata');
-      const ports = [...new Set(opts.vxlanPorts)].slice(0, MAX_VXLAN_PORTS);
-      for (let i = 0; i < MAX_VXLAN_PORTS; i++) cfg.writeUInt16LE(ports[i] ?? 0, CONFIG_FIELDS.vxlan_ports.offset + 2 * i);
+      writeVxlanPorts(cfg, opts.vxlanPorts);
       if (opts.ringBytes) obj.setMaxEntries('nt_records', opts.ringBytes);
       if (opts.drops === false) obj.setAutoload('nt_drop', false);
       obj.load();

@@ -132,7 +132,7 @@ const FAULTS: Fault[] = [
   {
     name: 'loss on one device: names the step and the loss rate seen',
     applies: () => true,
-    inject: (tb) => sh(['ip', 'netns', 'exec', node1(tb), 'tc', 'qdisc', 'add', 'dev', 'eth0', 'root', 'tbf', 'rate', '4kbit', 'burst', '200', 'limit', '200']),
+    inject: (tb) => sh(['ip', 'netns', 'exec', node1(tb), 'tc', 'qdisc', 'add', 'dev', 'eth0', 'root', 'tbf', 'rate', '1kbit', 'burst', '200', 'limit', '200']),
     check: (d, tb, mode) => {
       assert.equal(d.cause, 'loss');
       assert.equal(d.reason, 'QDISC_DROP');

@@ -1,12 +1,12 @@
 // `nettrace agent` processes, Prometheus and an OTLP receiver, started by tests and stopped with them.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
-import { NETTRACE, ROOT, sleep } from './cluster';
+import { ROOT, sleep, startNettrace, type FollowRun } from './cluster';
 
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -19,36 +19,14 @@ export function freePort(): Promise<number> {
   });
 }
 
-export interface AgentRun {
-  child: ChildProcess;
+export interface AgentRun extends FollowRun {
   url: string;
-  stderr: () => string;
-  exited: Promise<number | null>;
 }
 
 /** Starts `nettrace agent --metrics-addr 127.0.0.1:PORT ...args`, resolved once it printed `ready:`. */
 export async function startAgent(t: TestContext, port: number, args: string[]): Promise<AgentRun> {
-  const child = spawn(NETTRACE, ['agent', '--metrics-addr', `127.0.0.1:${port}`, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code, sig) => resolve(code ?? (sig ? 128 : null))));
-  t.after(() => {
-    child.kill('SIGKILL');
-  });
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`agent printed no ready: line in 20 s; stderr: ${err}`)), 20000);
-    child.stderr!.on('data', (d: Buffer) => {
-      err += d.toString();
-      if (/^ready:/m.test(err)) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    void exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`agent exited (${code}) before ready: ${err}`));
-    });
-  });
-  return { child, url: `http://127.0.0.1:${port}`, stderr: () => err, exited };
+  const run = await startNettrace(t, ['agent', '--metrics-addr', `127.0.0.1:${port}`, ...args]);
+  return { ...run, url: `http://127.0.0.1:${port}` };
 }
 
 export async function scrape(url: string): Promise<string> {

@@ -39,18 +39,18 @@ export interface FollowRun {
   exited: Promise<number | null>;
 }
 
-/** Starts `nettrace follow ...args` and resolves once it printed `ready:`. */
-export async function startFollow(t: TestContext, args: string[]): Promise<FollowRun> {
-  const child = spawn(NETTRACE, ['follow', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+/** Starts `nettrace ARGS...` and resolves once it printed a `ready:` line on stderr; killed when the test ends. */
+export async function startNettrace(t: TestContext, args: string[]): Promise<FollowRun> {
+  const child = spawn(NETTRACE, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code, sig) => resolve(code ?? (sig ? 128 : null))));
   t.after(() => {
     child.kill('SIGKILL');
   });
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`follow printed no ready: line in 20 s; stderr: ${err}`)), 20000);
+    const timer = setTimeout(() => reject(new Error(`${args[0]} printed no ready: line in 20 s; stderr: ${err}`)), 20000);
     child.stderr!.on('data', (d: Buffer) => {
       err += d.toString();
       if (/^ready:/m.test(err)) {
@@ -60,10 +60,15 @@ export async function startFollow(t: TestContext, args: string[]): Promise<Follo
     });
     void exited.then((code) => {
       clearTimeout(timer);
-      reject(new Error(`follow exited (${code}) before ready: ${err}`));
+      reject(new Error(`${args[0]} exited (${code}) before ready: ${err}`));
     });
   });
   return { child, stdout: () => out, stderr: () => err, exited };
+}
+
+/** Starts `nettrace follow ...args` and resolves once it printed `ready:`. */
+export function startFollow(t: TestContext, args: string[]): Promise<FollowRun> {
+  return startNettrace(t, ['follow', ...args]);
 }
 
 export function jsonLines<T>(text: string): T[] {
