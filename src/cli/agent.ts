@@ -87,7 +87,13 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const hooks = new Map<string, { device: Device; set: HookSet }>();
   const wire = new Log2Histogram();
   const departures = new DepartureLog();
-  const peers = new PeerDepartures(opts.peers);
+  // a peer that does not answer means no step 6: say so, once a minute at most
+  const peerWarned = new Map<string, number>();
+  const peers = new PeerDepartures(opts.peers, (peer, err) => {
+    if (Date.now() - (peerWarned.get(peer) ?? 0) < 60_000) return;
+    peerWarned.set(peer, Date.now());
+    opts.log(`warning: peer ${peer} did not answer (${err.message}): no step-6 timing from it`);
+  });
   const grouper = new SampleGrouper();
   const waiting: { p: SampledPacket; sinceMs: number }[] = [];
   let sink: SpanSink | null = null;

@@ -157,22 +157,18 @@ export function createMetrics(src: MetricsSource): AgentMetrics {
     }
     return out;
   };
-  new Counter({
-    name: METRIC_NAMES.retransmits, help: 'TCP retransmits (tcp_retransmit_skb calls) by the sockets of this node\'s pods, by flow endpoints (the 1000 worst; the rest under destination_ip="other").',
-    labelNames: retransmitLabels, registers: [registry],
-    collect() {
-      this.reset();
-      for (const f of byFlow()) this.inc(f.labels, f.retransmits);
-    },
-  });
-  new Counter({
-    name: METRIC_NAMES.retransmitSegments, help: 'TCP segments sent again (sum of gso_segs of retransmitted skbs), by flow endpoints.',
-    labelNames: retransmitLabels, registers: [registry],
-    collect() {
-      this.reset();
-      for (const f of byFlow()) this.inc(f.labels, f.segments);
-    },
-  });
+  for (const [name, help, field] of [
+    [METRIC_NAMES.retransmits, 'TCP retransmits (tcp_retransmit_skb calls) by the sockets of this node\'s pods, by flow endpoints (the 1000 worst; the rest under destination_ip="other").', 'retransmits'],
+    [METRIC_NAMES.retransmitSegments, 'TCP segments sent again (sum of gso_segs of retransmitted skbs), by flow endpoints.', 'segments'],
+  ] as const) {
+    new Counter({
+      name, help, labelNames: retransmitLabels, registers: [registry],
+      collect() {
+        this.reset();
+        for (const f of byFlow()) this.inc(f.labels, f[field]);
+      },
+    });
+  }
   new Counter({
     name: METRIC_NAMES.lost, help: 'Per-packet records the kernel could not hand over because the ring buffer was full.',
     labelNames: ['node'], registers: [registry],

@@ -33,9 +33,7 @@ export class DepartureLog {
 export class PeerDepartures {
   private readonly known = new Map<string, { wallNs: bigint; node: string }>();
   private readonly cursor = new Map<string, bigint>();
-  failures = 0;
-
-  constructor(private readonly peers: string[], private readonly fetchTimeoutMs = 1000) {}
+  constructor(private readonly peers: string[], private readonly onFailure: (peer: string, err: Error) => void = () => {}, private readonly fetchTimeoutMs = 1000) {}
 
   get enabled(): boolean {
     return this.peers.length > 0;
@@ -57,8 +55,8 @@ export class PeerDepartures {
           this.known.set(d.trace_id, { wallNs, node: body.node });
           if (wallNs > (this.cursor.get(peer) ?? 0n)) this.cursor.set(peer, wallNs);
         }
-      } catch {
-        this.failures++;
+      } catch (err) {
+        this.onFailure(peer, err as Error);
       }
     }));
     // forget what is too old to still be waited for

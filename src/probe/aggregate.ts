@@ -35,8 +35,6 @@ export interface RetransmitCount {
   family: number;
   saddr: Uint8Array;
   daddr: Uint8Array;
-  /** 0: summed over source ports */
-  sport: number;
   dport: number;
   retransmits: number;
   segments: number;
@@ -154,7 +152,7 @@ export class AggregateProbe {
             family: keys.readUInt8(k + K.family.offset),
             saddr: Uint8Array.from(keys.subarray(k + K.saddr.offset, k + K.saddr.offset + K.saddr.length)),
             daddr: Uint8Array.from(keys.subarray(k + K.daddr.offset, k + K.daddr.offset + K.daddr.length)),
-            sport: 0, dport, retransmits: 0, segments: 0,
+            dport, retransmits: 0, segments: 0,
           };
           sums.set(id, e);
         }
