@@ -29,15 +29,17 @@ build/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h) build/vmlinux.h
 
 dist/.stamp: $(TS_SRC) tsconfig.json package-lock.json
 	@echo "  TSC   dist/"
+	@# from scratch: a test whose source was removed must not linger in dist/ and run
+	$(Q)rm -rf dist
 	$(Q)npx --no-install tsc -p tsconfig.json
 	$(Q)touch $@
 
 build: $(BPF_OBJ) dist/.stamp ## compile the BPF objects and the TypeScript
 
-gen: $(BPF_OBJ) ## regenerate src/probe/layout.generated.ts from the object's BTF
+gen: $(BPF_OBJ) ## regenerate src/probe/layout.generated.ts (layouts, enums, program and map names) from the objects' BTF
 	@# the generator compiles even while the rest does not yet match the new header
 	$(Q)npx --no-install tsc -p tsconfig.json >/dev/null || true
-	$(Q)node dist/scripts/gen-record.js src/probe/layout.generated.ts build/hop.bpf.o build/agent.bpf.o
+	$(Q)node dist/scripts/gen-layout.js src/probe/layout.generated.ts build/hop.bpf.o build/agent.bpf.o
 	$(Q)npx --no-install tsc -p tsconfig.json
 
 demo: deps build ## bring up the two-node test cluster, curl pod B from pod A, show the nine steps, take it down

@@ -4,9 +4,10 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { median } from '../src/flow/stats';
 import { BpfObject, testRun } from '../src/libbpf';
 import { attachAll } from '../src/probe/attach';
-import { AggregateProbe } from '../src/probe/aggregate';
+import { AgentProbe } from '../src/probe/agentProbe';
 import { bpfObjectPath } from '../src/probe/paths';
 import { discoverCluster } from '../src/topology/discover';
 import { allDevices } from '../src/topology/model';
@@ -16,11 +17,6 @@ import { ether, ipv4 } from '../test/helpers/packets';
 const NETTRACE = path.resolve(__dirname, '../../bin/nettrace');
 const A = '10.244.1.5';
 const B = '10.244.2.8';
-
-export function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
 
 interface Agent {
   child: ChildProcess;
@@ -100,7 +96,7 @@ export function agentPerRun(rounds: number): void {
   const cost: Record<string, number[]> = { timed: [], untimed: [] };
   // every packet timed (--latency-every 1), or practically none: the two paths a hop takes
   for (const [what, every] of [['timed', 1], ['untimed', 65536]] as const) {
-    const probe = AggregateProbe.load({ vxlanPorts: [8472], sampleEvery: 0, latencyEvery: every, tracepoints: false });
+    const probe = AgentProbe.load({ vxlanPorts: [8472], sampleEvery: 0, latencyEvery: every, tracepoints: false });
     for (let r = 0; r < rounds; r++) {
       e.push(testRun(empty.program('nt_empty').fd, pkt, 1_000_000).durationNs);
       // bridge ingress after veth ingress: the table holds the packet, the hop is matched

@@ -1,8 +1,10 @@
 // make bench: overhead of nettrace on pod-to-pod traffic, per-run cost of the hop program, and
 // decode speed, each against a baseline measured in the same run (these machines are noisy).
 import { spawn } from 'node:child_process';
-import { follow } from '../src/cli/follow';
+import { viewCluster } from '../src/session/cluster';
+import { startFollow } from '../src/session/follow';
 import { parseFlowSpec } from '../src/flow/spec';
+import { median } from '../src/flow/stats';
 import { BpfObject, testRun } from '../src/libbpf';
 import { attachAll } from '../src/probe/attach';
 import { HopProbe } from '../src/probe/hop';
@@ -20,11 +22,6 @@ const A = '10.244.1.5';
 const B = '10.244.2.8';
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 const SECONDS = 2;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
 
 function iperf(ns: string, args: string[]): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -57,7 +54,7 @@ async function withMode<T>(mode: Mode, nodes: string[], fn: () => Promise<T>): P
     }
   }
   const flow = parseFlowSpec(mode === 'miss' ? `${A} -> ${B}:9` : `${A} -> ${B}:5201`, 'tcp');
-  const session = follow({ flow, nodes: refs, output: 'json', count: null, timeoutS: null, graceMs: 1000, attach: 'tcx', write: () => {}, log: () => {} });
+  const session = startFollow({ flow, cluster: viewCluster(refs), graceMs: 1000, attach: 'tcx', onPath: () => {} });
   try {
     return await fn();
   } finally {

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * The always-on agent's datapath (design §3, aggregate path): per-node
+ * The always-on agent's datapath (see docs/architecture.md, data path): per-node
  * hop-to-hop latencies matched in the kernel and counted in log2 histograms,
  * drops by reason and last step, TCP retransmits by flow. Only packets the
  * consistent sampler picks, and retransmits, become ring records.
@@ -20,8 +20,6 @@
 #define NT_EGRESS_ORDERS ((1 << NT_ORDER_POD_EGRESS) | (1 << NT_ORDER_TUNNEL_EGRESS) | \
 			  (1 << NT_ORDER_UNDERLAY_EGRESS) | (1 << NT_ORDER_BRIDGE_EGRESS) | \
 			  (1 << NT_ORDER_VETH_EGRESS))
-
-extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 
 /* Never used either: puts the enums userspace shares into BTF for the generator. */
 struct nt_enums {
@@ -92,8 +90,9 @@ static __always_inline __u64 fmix64(__u64 h)
 	return h;
 }
 
-/* What the packet carries unchanged on every hop of both nodes (design §2). Every
- * node computes the same value, so 1-in-N sampling on it picks the same packets. */
+/* What the packet carries unchanged on every hop of both nodes (see docs/architecture.md,
+ * packet identity). Every node computes the same value, so 1-in-N sampling on it picks
+ * the same packets. */
 static __always_inline __u64 packet_hash(const struct nt_hop_record *r)
 {
 	__u64 h = 0x9e3779b97f4a7c15ULL;
@@ -154,7 +153,7 @@ static __always_inline int agent_hop(struct __sk_buff *skb, const __u32 order)
 	__be16 proto;
 
 	proto = parse_eth(&src, &off, &r.flags);
-	if (parse_packet(&src, off, proto, &r, 1))
+	if (parse_packet(&src, off, proto, &r))
 		return TC_ACT_UNSPEC;
 	h = packet_hash(&r);
 	slot = h & (NT_SEEN_SLOTS - 1);
@@ -184,16 +183,11 @@ static __always_inline int agent_hop(struct __sk_buff *skb, const __u32 order)
 	seen->ts_ns = now;
 	seen->order = order;
 	if (traced) {
-		struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
-
 		r.kind = NT_REC_HOP;
 		r.ts_ns = now;
 		r.order = order;
 		r.hook = (NT_EGRESS_ORDERS >> order) & 1 ? NT_HOOK_EGRESS : NT_HOOK_INGRESS;
-		r.netns_ino = BPF_CORE_READ(kskb, dev, nd_net.net, ns.inum);
-		r.ifindex = skb->ifindex;
-		r.skb_len = skb->len;
-		r.gso_segs = skb->gso_segs;
+		stamp_tc(skb, &r);
 		output(&r);
 	}
 	return TC_ACT_UNSPEC;
@@ -214,15 +208,6 @@ NT_AGENT_PROG(7)
 NT_AGENT_PROG(8)
 NT_AGENT_PROG(9)
 
-static __always_inline __u32 netns_of(struct net_device *dev, const struct sock *sk)
-{
-	if (dev)
-		return BPF_CORE_READ(dev, nd_net.net, ns.inum);
-	if (sk)
-		return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	return 0;
-}
-
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(nt_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
 {
@@ -242,7 +227,7 @@ int BPF_PROG(nt_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_re
 	nh = BPF_CORE_READ(skb, network_header);
 	if (nh != (__u16)~0U) {
 		src.kbase = BPF_CORE_READ(skb, head) + nh;
-		if (!parse_packet(&src, 0, BPF_CORE_READ(skb, protocol), &r, 1)) {
+		if (!parse_packet(&src, 0, BPF_CORE_READ(skb, protocol), &r)) {
 			__u32 slot;
 
 			h = packet_hash(&r);
@@ -262,9 +247,7 @@ int BPF_PROG(nt_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_re
 		r.reason = reason;
 		r.order = key.order;
 		r.ts_ns = bpf_ktime_get_ns();
-		r.netns_ino = ino;
-		r.ifindex = BPF_CORE_READ(skb, dev, ifindex);
-		r.skb_len = BPF_CORE_READ(skb, len);
+		stamp_kernel(skb, &r);
 		output(&r);
 	}
 	return 0;

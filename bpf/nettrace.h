@@ -27,8 +27,9 @@ enum nt_record_kind {
 };
 
 /*
- * The ten hook points of a cross-node path in the order a packet meets them
- * (design §1); a node sees 0-4 of a packet it sends and 5-9 of one it receives.
+ * The ten hook points of a cross-node path in the order a packet meets them (see
+ * docs/architecture.md, hook points and steps); a node sees 0-4 of a packet it
+ * sends and 5-9 of one it receives.
  * src/topology/steps.ts maps (role, hook) to these and to steps 1-9.
  */
 enum nt_order {

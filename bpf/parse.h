@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * One packet parser for every program (design §2): Ethernet, two VLAN tags,
- * IPv4/IPv6, TCP/UDP/ICMP, and through VXLAN on the configured ports or IPIP
- * to the inner packet. It reads from a tc context (struct __sk_buff) or, in tracing
+ * One packet parser for every program, so every hook and node computes the same
+ * packet key (see docs/architecture.md): Ethernet, two VLAN tags, IPv4/IPv6,
+ * TCP/UDP/ICMP, and through VXLAN on the configured ports or IPIP to the inner packet. It reads from a tc context (struct __sk_buff) or, in tracing
  * programs, from kernel memory; the choice is constant after inlining.
  */
 #ifndef NETTRACE_PARSE_H
@@ -136,51 +136,6 @@ static __always_inline int parse_ip(const struct nt_src *src, __u32 off, __be16 
 	return -1;
 }
 
-/* Ports, sequence numbers and payload length of the L4 header at l4off into r. */
-static __always_inline void parse_l4(const struct nt_src *src, __u32 l3off, __u32 l4off,
-				     struct nt_hop_record *r)
-{
-	__u32 l3_end = l3off + r->ip_len;
-
-	if (r->proto == IPPROTO_TCP) {
-		struct nt_tcp buf, *th = header(src, l4off, &buf, sizeof(buf));
-		__u32 data_off;
-
-		if (!th)
-			return;
-		r->sport = bpf_ntohs(th->sport);
-		r->dport = bpf_ntohs(th->dport);
-		r->seq = bpf_ntohl(th->seq);
-		r->ack = bpf_ntohl(th->ack);
-		r->tcp_flags = th->flags;
-		data_off = l4off + (th->doff >> 4) * 4;
-		if (l3_end > data_off)
-			r->payload_len = l3_end - data_off;
-	} else if (r->proto == IPPROTO_UDP) {
-		struct nt_udp buf, *uh = header(src, l4off, &buf, sizeof(buf));
-
-		if (!uh)
-			return;
-		r->sport = bpf_ntohs(uh->sport);
-		r->dport = bpf_ntohs(uh->dport);
-		if (bpf_ntohs(uh->len) > sizeof(*uh))
-			r->payload_len = bpf_ntohs(uh->len) - sizeof(*uh);
-	} else if (r->proto == IPPROTO_ICMP || r->proto == NT_IPPROTO_ICMPV6) {
-		struct nt_icmp buf, *ih = header(src, l4off, &buf, sizeof(buf));
-
-		if (!ih)
-			return;
-		r->icmp_type = ih->type;
-		/* echo request/reply: id and seq tell packets apart */
-		if (ih->type == 0 || ih->type == 8 || ih->type == 128 || ih->type == 129) {
-			r->sport = bpf_ntohs(ih->id);
-			r->seq = bpf_ntohs(ih->seq);
-		}
-		if (l3_end > l4off + sizeof(*ih))
-			r->payload_len = l3_end - l4off - sizeof(*ih);
-	}
-}
-
 /* If the packet is VXLAN on one of our ports, parse the inner packet into r
  * instead. Returns the inner L3 offset and updates *l4off, or 0. */
 static __always_inline __u32 parse_vxlan(const struct nt_src *src, int *l4off, struct nt_hop_record *r)
@@ -221,10 +176,18 @@ static __always_inline __u32 parse_ipip(const struct nt_src *src, int *l4off, st
 	return off;
 }
 
-/* Addresses and protocol of the packet at l3off (through VXLAN or IPIP), then its L4
- * fields when want_l4. Returns 0, or -1 if it is not an IP packet. */
-static __always_inline int parse_packet(const struct nt_src *src, __u32 l3off, __be16 proto,
-					struct nt_hop_record *r, int want_l4)
+/* Where parse_l3 found the packet's headers: its L3 offset (the inner packet's when
+ * encapsulated), and its L4 offset or 0 when it has no L4 header (a later fragment). */
+struct nt_at {
+	__u32 l3;
+	__u32 l4;
+};
+
+/* Addresses and protocol of the packet at l3off (through VXLAN or IPIP) into r, and
+ * where its headers are into at. Returns 0, or -1 if it is not an IP packet. Apart
+ * from parse_l4 so that a caller can reject on the address pair before any L4 work. */
+static __always_inline int parse_l3(const struct nt_src *src, __u32 l3off, __be16 proto,
+				    struct nt_hop_record *r, struct nt_at *at)
 {
 	int l4off = parse_ip(src, l3off, proto, r);
 	__u32 inner;
@@ -243,8 +206,70 @@ static __always_inline int parse_packet(const struct nt_src *src, __u32 l3off, _
 		if (l4off < 0)
 			return -1;
 	}
-	if (want_l4 && l4off > 0)
-		parse_l4(src, l3off, l4off, r);
+	at->l3 = l3off;
+	at->l4 = l4off;
+	return 0;
+}
+
+/* Ports, sequence numbers and payload length of the L4 header at->l4 into r; nothing
+ * when the packet has none. */
+static __always_inline void parse_l4(const struct nt_src *src, const struct nt_at *at,
+				     struct nt_hop_record *r)
+{
+	__u32 l3_end = at->l3 + r->ip_len;
+	__u32 l4off = at->l4;
+
+	if (!l4off)
+		return;
+	if (r->proto == IPPROTO_TCP) {
+		struct nt_tcp buf, *th = header(src, l4off, &buf, sizeof(buf));
+		__u32 data_off;
+
+		if (!th)
+			return;
+		r->sport = bpf_ntohs(th->sport);
+		r->dport = bpf_ntohs(th->dport);
+		r->seq = bpf_ntohl(th->seq);
+		r->ack = bpf_ntohl(th->ack);
+		r->tcp_flags = th->flags;
+		data_off = l4off + (th->doff >> 4) * 4;
+		if (l3_end > data_off)
+			r->payload_len = l3_end - data_off;
+	} else if (r->proto == IPPROTO_UDP) {
+		struct nt_udp buf, *uh = header(src, l4off, &buf, sizeof(buf));
+
+		if (!uh)
+			return;
+		r->sport = bpf_ntohs(uh->sport);
+		r->dport = bpf_ntohs(uh->dport);
+		if (bpf_ntohs(uh->len) > sizeof(*uh))
+			r->payload_len = bpf_ntohs(uh->len) - sizeof(*uh);
+	} else if (r->proto == IPPROTO_ICMP || r->proto == NT_IPPROTO_ICMPV6) {
+		struct nt_icmp buf, *ih = header(src, l4off, &buf, sizeof(buf));
+
+		if (!ih)
+			return;
+		r->icmp_type = ih->type;
+		/* echo request/reply: id and seq tell packets apart */
+		if (ih->type == 0 || ih->type == 8 || ih->type == 128 || ih->type == 129) {
+			r->sport = bpf_ntohs(ih->id);
+			r->seq = bpf_ntohs(ih->seq);
+		}
+		if (l3_end > l4off + sizeof(*ih))
+			r->payload_len = l3_end - l4off - sizeof(*ih);
+	}
+}
+
+/* The whole key of the packet at l3off: parse_l3, then parse_l4. Returns 0, or -1 if
+ * it is not an IP packet. */
+static __always_inline int parse_packet(const struct nt_src *src, __u32 l3off, __be16 proto,
+					struct nt_hop_record *r)
+{
+	struct nt_at at;
+
+	if (parse_l3(src, l3off, proto, r, &at))
+		return -1;
+	parse_l4(src, &at, r);
 	return 0;
 }
 

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * Per-packet records out to userspace, shared by every object: one ring read in bulk
- * without per-record wakeups, and a per-CPU count of what did not fit.
- * The includer sets NT_RING_BYTES before including.
+ * Per-packet records out to userspace, shared by every object: where the packet was
+ * seen, one ring read in bulk without per-record wakeups, and a per-CPU count of what
+ * did not fit. The includer sets NT_RING_BYTES before including, after vmlinux.h and
+ * bpf_core_read.h.
  */
 #ifndef NETTRACE_RECORDS_H
 #define NETTRACE_RECORDS_H
@@ -30,6 +31,41 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } nt_lost SEC(".maps");
+
+/* A tc program's context as the kernel's sk_buff, for what __sk_buff does not show. */
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+/* The network namespace a packet is in: its device's, else its socket's; 0 if neither. */
+static __always_inline __u32 netns_of(struct net_device *dev, const struct sock *sk)
+{
+	if (dev)
+		return BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	if (sk)
+		return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	return 0;
+}
+
+/* Where a tc program saw the packet: the device, named by netns inode and ifindex
+ * (ifindexes repeat across namespaces), and the skb's size. */
+static __always_inline void stamp_tc(struct __sk_buff *skb, struct nt_hop_record *r)
+{
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+
+	r->netns_ino = BPF_CORE_READ(kskb, dev, nd_net.net, ns.inum);
+	r->ifindex = skb->ifindex;
+	r->skb_len = skb->len;
+	r->gso_segs = skb->gso_segs;
+}
+
+/* The same for a tracing program's sk_buff, which may have no device any more. */
+static __always_inline void stamp_kernel(struct sk_buff *skb, struct nt_hop_record *r)
+{
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+
+	r->netns_ino = netns_of(dev, BPF_CORE_READ(skb, sk));
+	r->ifindex = dev ? BPF_CORE_READ(dev, ifindex) : 0;
+	r->skb_len = BPF_CORE_READ(skb, len);
+}
 
 static __always_inline void output(struct nt_hop_record *r)
 {

@@ -4,14 +4,30 @@ import { NettraceError, usageError } from '../errors';
 import { parseFlowSpec, parseProto } from '../flow/spec';
 import { detachAllLive } from '../probe/attach';
 import { cleanupEverywhere } from '../probe/cleanup';
-import { CNI_MODES, testbedDown, testbedStatus, testbedUp, type CniMode } from '../testbed/testbed';
+import { testbedDown, testbedStatus, testbedUp } from '../testbed/testbed';
+import { CNI_MODES, isCniMode, type CniMode } from '../topology/cni';
 import { parseListenAddress } from '../export/http';
 import { otlpTracesUrl } from '../export/otlpUrl';
 import { currentNetns, listNamedNetns, namedNetns, type NetnsRef } from '../topology/netns';
-import { agentNodeError, startAgent } from './agent';
-import { follow } from './follow';
-import { formatDiagnosis, runDiagnose } from './diagnose';
+import { startAgent } from '../agent/agent';
+import { formatDiagnosis } from '../export/diagnosis';
+import { pathToJsonLine } from '../export/json';
+import { formatPathTable } from '../export/table';
+import { formatFlow } from '../flow/spec';
+import { advise } from '../probe/advice';
+import { runDiagnose } from '../session/diagnose';
+import { startFollow, type ReadyEvent } from '../session/follow';
+import { viewCluster } from '../session/cluster';
+import { API_PORT } from '../session/protocol';
+import { readTokenFile } from '../session/token';
 import { requireBtf, requireRoot } from './preflight';
+
+const log = (s: string) => process.stderr.write(s + '\n');
+
+/** The one line scripts wait for: every hook is attached. */
+function readyLine(what: string, flow: string, r: ReadyEvent): string {
+  return `ready: ${what} ${flow} on ${r.devices} devices in ${r.namespaces} namespaces (${r.attach}; ${r.modes.join(', ')})`;
+}
 
 function positiveInt(flag: string) {
   return (v: string): number => {
@@ -58,11 +74,22 @@ function resolveAgentNode(list: string | undefined): NetnsRef {
   return here;
 }
 
+function agentNodeError(names: string[]): NettraceError {
+  return new NettraceError('USAGE', `an agent watches one node, not ${names.length} (${names.join(', ')})`,
+    'start one agent per node, e.g. `nettrace agent --nodes node1` and `nettrace agent --nodes node2`');
+}
+
 function nonNegativeInt(flag: string) {
   return (v: string): number => {
     if (!/^\d+$/.test(v)) throw new InvalidArgumentError(`${flag} takes a whole number (0 switches it off)`);
     return Number(v);
   };
+}
+
+function skewMs(v: string): number {
+  const n = Number(v);
+  if (!/^-?\d+(\.\d+)?$/.test(v) || Math.abs(n) > 3_600_000) throw new InvalidArgumentError('--clock-skew-ms takes milliseconds, at most an hour either way');
+  return n;
 }
 
 function powerOfTwo(flag: string) {
@@ -73,8 +100,8 @@ function powerOfTwo(flag: string) {
   };
 }
 
-function checkCni(cni: string): void {
-  if (!(CNI_MODES as readonly string[]).includes(cni)) {
+function checkCni(cni: string): asserts cni is CniMode {
+  if (!isCniMode(cni)) {
     throw usageError(`--cni ${cni} is not a mode this testbed builds`, `use one of: ${CNI_MODES.join(', ')}`);
   }
 }
@@ -111,10 +138,12 @@ function buildProgram(): Command {
       };
       process.once('SIGINT', onSignal);
       process.once('SIGTERM', onSignal);
-      const session = follow({
-        flow, nodes: resolveNodes(o.nodes), output: o.output, count: o.count ?? null, timeoutS: o.timeout ?? null,
-        graceMs: o.grace, attach: o.attach, cni: o.cni,
-        write: (s) => process.stdout.write(s), log: (s) => process.stderr.write(s + '\n'),
+      const session = startFollow({
+        flow, cluster: viewCluster(resolveNodes(o.nodes), o.cni as CniMode | undefined), count: o.count ?? null, timeoutS: o.timeout ?? null,
+        graceMs: o.grace, attach: o.attach,
+        onPath: (p) => process.stdout.write(o.output === 'json' ? pathToJsonLine(p) + '\n' : formatPathTable(p) + '\n'),
+        onReady: (r) => log(readyLine('following', formatFlow(flow), r)),
+        onWarning: (s) => log(`warning: ${s}`),
       });
       stop = session.stop;
       if (process.exitCode) stop();
@@ -130,8 +159,9 @@ function buildProgram(): Command {
       requireRoot();
       requireBtf();
       const d = await runDiagnose({
-        flow, nodes: resolveNodes(o.nodes), passive: !!o.passive, seconds: o.seconds, attach: o.attach, cni: o.cni,
-        log: (s) => process.stderr.write(s + '\n'),
+        flow, cluster: viewCluster(resolveNodes(o.nodes), o.cni as CniMode | undefined), passive: !!o.passive, seconds: o.seconds, attach: o.attach,
+        onReady: (r) => log(readyLine('diagnosing', formatFlow(flow), r)),
+        onWarning: (s) => log(`warning: ${s}`),
       });
       process.stdout.write(o.output === 'json' ? JSON.stringify(d) + '\n' : formatDiagnosis(flow, d));
     });
@@ -145,9 +175,22 @@ function buildProgram(): Command {
     .option('--latency-every <n>', 'time the hops of 1 in n packets (a power of two): clock reads cost ~30 ns a hop', powerOfTwo('--latency-every'), 8)
     .option('--peers <url,...>', "other nodes' agents (http://HOST:PORT), to time the wire between nodes (step 6)")
     .addOption(new Option('--attach <mechanism>', 'tcx links (kernel 6.6+) or classic tc filters').choices(['tcx', 'tc']).default('tcx'))
+    .option('--api-addr <host:port>', `where the trace API listens for remote follow/diagnose (default: the node's underlay address, port ${API_PORT})`)
+    .option('--token-file <file>', 'the bearer token callers of the trace API must present (without it the trace API is off)')
+    .option('--tls-cert <file>', 'serve the trace API over TLS with this certificate (PEM)')
+    .option('--tls-key <file>', 'the key of --tls-cert (PEM)')
+    .option('--max-sessions <n>', 'trace sessions at once', positiveInt('--max-sessions'), 4)
     .addOption(new Option('--rescan <ms>', 'full rescan of the node\'s devices, besides link events').argParser(positiveInt('--rescan')).default(5000).hideHelp())
-    .action(async (o: { nodes?: string; metricsAddr: string; otlpEndpoint?: string; sample: number; latencyEvery: number; peers?: string; attach: 'tcx' | 'tc'; rescan: number }) => {
+    .addOption(new Option('--clock-skew-ms <ms>', 'add this to the agent\'s wall clock: a node whose clock is off, for tests').argParser(skewMs).hideHelp())
+    .action(async (o: {
+      nodes?: string; metricsAddr: string; otlpEndpoint?: string; sample: number; latencyEvery: number; peers?: string; attach: 'tcx' | 'tc'; rescan: number;
+      apiAddr?: string; tokenFile?: string; tlsCert?: string; tlsKey?: string; maxSessions: number; clockSkewMs?: number;
+    }) => {
       const metricsAddr = parseListenAddress(o.metricsAddr);
+      const apiAddr = o.apiAddr !== undefined ? parseListenAddress(o.apiAddr, '--api-addr') : null;
+      if ((o.tlsCert === undefined) !== (o.tlsKey === undefined)) throw usageError('--tls-cert and --tls-key go together', 'give both, or neither for plain HTTP');
+      if (o.tokenFile === undefined && (apiAddr || o.tlsCert)) throw usageError('the trace API needs --token-file', 'give the file holding the token callers must present');
+      const token = o.tokenFile !== undefined ? readTokenFile(o.tokenFile) : null;
       if (o.otlpEndpoint !== undefined) otlpTracesUrl(o.otlpEndpoint);
       const peers = (o.peers ?? '').split(',').map((s) => s.trim()).filter(Boolean);
       for (const p of peers) {
@@ -166,6 +209,8 @@ function buildProgram(): Command {
       process.once('SIGTERM', onSignal);
       const agent = await startAgent({
         node, metricsAddr, otlpEndpoint: o.otlpEndpoint ?? null, sample: o.sample, latencyEvery: o.latencyEvery, peers, attach: o.attach, rescanMs: o.rescan,
+        api: token ? { addr: apiAddr, token, tls: o.tlsCert ? { certFile: o.tlsCert, keyFile: o.tlsKey! } : null, maxSessions: o.maxSessions } : null,
+        clockSkewMs: o.clockSkewMs,
         log: (s) => process.stderr.write(s + '\n'),
       });
       stop = agent.stop;
@@ -181,7 +226,7 @@ function buildProgram(): Command {
     .action((o: { cni: string; prefix: string; podMtu?: number }) => {
       checkCni(o.cni);
       requireRoot();
-      const s = testbedUp({ prefix: o.prefix, podMtu: o.podMtu, cni: o.cni as CniMode });
+      const s = testbedUp({ prefix: o.prefix, podMtu: o.podMtu, cni: o.cni });
       process.stdout.write(`testbed up (${s.cni}): ${s.nodes.map((n) => `${n.netns} ${n.ip}`).join(', ')}; pods ${s.pods.map((p) => `${p.netns} ${p.ip}`).join(', ')}\n`);
     });
   testbed.command('down')
@@ -217,8 +262,9 @@ function buildProgram(): Command {
   return program;
 }
 
-function fail(err: unknown): void {
+function fail(thrown: unknown): void {
   detachAllLive();
+  const err = advise(thrown);
   if (err instanceof NettraceError) {
     process.stderr.write(err.line() + '\n');
     if (err.detail) process.stderr.write(err.detail.split('\n').map((l) => `  ${l}`).join('\n') + '\n');

@@ -26,7 +26,13 @@ export type Route = (url: URL, req: IncomingMessage) => Promise<{ status: number
 
 export async function serve(addr: ListenAddress, routes: Record<string, Route>, flag = '--metrics-addr'): Promise<Server> {
   const server = createServer((req, res) => {
-    const url = new URL(req.url ?? '/', 'http://agent');
+    let url: URL;
+    try {
+      url = new URL(req.url ?? '/', 'http://agent');
+    } catch {
+      res.writeHead(400, { 'content-type': 'text/plain' }).end('malformed request target\n');
+      return;
+    }
     const route = req.method === 'GET' ? routes[url.pathname] : undefined;
     if (!route) {
       res.writeHead(req.method === 'GET' ? 404 : 405, { 'content-type': 'text/plain' }).end('not found\n');
@@ -37,6 +43,12 @@ export async function serve(addr: ListenAddress, routes: Record<string, Route>, 
       (err: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`error: ${err.message}\n`),
     );
   });
+  await listen(server, addr, flag);
+  return server;
+}
+
+/** Listen, with listening problems as one clear usage error, before anything is attached. */
+export async function listen(server: Server, addr: ListenAddress, flag: string): Promise<void> {
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err: NodeJS.ErrnoException) => {
       const where = `${addr.host}:${addr.port}`;
@@ -47,5 +59,4 @@ export async function serve(addr: ListenAddress, routes: Record<string, Route>, 
     });
     server.listen(addr.port, addr.host, () => resolve());
   });
-  return server;
 }

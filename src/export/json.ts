@@ -1,4 +1,4 @@
-// follow -o json: one object a line, the shape of design §5.
+// follow -o json: one object a line, the shape of src/flow/path.ts.
 import type { PacketPath } from '../flow/path';
 
 export function pathToJsonLine(p: PacketPath): string {

@@ -1,4 +1,4 @@
-// Sampled packets as OpenTelemetry traces over OTLP/HTTP (design §3, §4). Ids come from
+// Sampled packets as OpenTelemetry traces over OTLP/HTTP. Ids come from
 // the packet, not from chance: every node's agent puts its spans of one packet in the
 // same trace, under the same root span id, with no aggregator in between.
 import { context, trace, TraceFlags, type HrTime, type Tracer } from '@opentelemetry/api';
@@ -9,6 +9,7 @@ import { NodeSDK } from '@opentelemetry/sdk-node';
 import { BatchSpanProcessor, type IdGenerator, type ReadableSpan, type SpanExporter } from '@opentelemetry/sdk-trace';
 import { otlpTracesUrl } from './otlpUrl';
 import { stepSpanId, type Retransmit, type SampledPacket } from '../flow/sampled';
+import { ORDER } from '../probe/layout.generated';
 import type { HookLabels } from './prometheus';
 
 /** Hands out the ids we derived; random ones only if asked without (never, in practice). */
@@ -113,7 +114,7 @@ export class SpanSink {
     };
     let spans = 0;
     const first = p.hops[0];
-    if (first && first.order === 0) {
+    if (first && first.order === ORDER.POD_EGRESS) {
       // the sender's node opens the trace: its root span is the packet
       this.ids.nextTraceId = p.traceId;
       this.ids.nextSpanId = p.rootSpanId;
@@ -132,8 +133,8 @@ export class SpanSink {
       const attrs: Record<string, string | number> = {
         ...common, 'nettrace.step': l.step, 'nettrace.step_name': l.step_name, 'nettrace.device': l.device, 'nettrace.hook': l.hook,
       };
-      if (!prev && hop.order === 5 && departure) {
-        // clocks of two nodes: never a negative latency (design §4)
+      if (!prev && hop.order === ORDER.UNDERLAY_INGRESS && departure) {
+        // clocks of two nodes: never a negative latency (docs/architecture.md#clocks)
         const arrival = this.opts.wallNs(hop.tsNs);
         const d = departure.wallNs < arrival ? departure.wallNs : arrival;
         start = hrTime(d);

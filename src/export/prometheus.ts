@@ -1,7 +1,8 @@
-// Prometheus metrics of one node's agent (design §5): read from the kernel's maps at
+// Prometheus metrics of one node's agent: read from the kernel's maps at
 // scrape time, so nothing is counted twice and an idle agent does no work.
 import { collectDefaultMetrics, Counter, Gauge, Registry, type Metric } from 'prom-client';
-import type { DropCount, LatencyHistogram, RetransmitCount } from '../probe/aggregate';
+import type { DropCount, LatencyHistogram, RetransmitCount } from '../probe/agentProbe';
+import { ORDER } from '../probe/layout.generated';
 
 /** Labels of a hook point on this node; null when the node has no device there. */
 export interface HookLabels {
@@ -32,7 +33,6 @@ export interface MetricsSource {
 export const MAX_FLOW_SERIES = 1000;
 
 /** underlay ingress: where step 6 (the wire between nodes) ends */
-const WIRE_ORDER = 5;
 
 // Bucket bounds: log2 of nanoseconds, 2^7 ns (128 ns) to 2^34 ns (17 s), then +Inf.
 const FIRST_BOUND = 7;
@@ -49,6 +49,8 @@ export const METRIC_NAMES = {
   sampled: 'nettrace_agent_sampled_packets_total',
   spans: 'nettrace_agent_spans_exported_total',
   exportFailures: 'nettrace_agent_export_failures_total',
+  traceSessions: 'nettrace_agent_trace_sessions',
+  traceRecords: 'nettrace_agent_trace_records_total',
   info: 'nettrace_agent_info',
 } as const;
 
@@ -91,6 +93,8 @@ export interface AgentMetrics {
   sampled: Counter;
   spans: Counter;
   exportFailures: Counter<'exporter'>;
+  traceSessions: Gauge;
+  traceRecords: Counter<'outcome'>;
 }
 
 export function createMetrics(src: MetricsSource): AgentMetrics {
@@ -105,12 +109,12 @@ export function createMetrics(src: MetricsSource): AgentMetrics {
       const out: { labels: Record<string, string | number>; counts: number[]; sumNs: number }[] = [];
       for (const h of src.latency()) {
         // the first hook a receiving node sees (step 6) has no earlier hook on the node: the wire is timed below
-        if (h.order === WIRE_ORDER) continue;
+        if (h.order === ORDER.UNDERLAY_INGRESS) continue;
         const l = src.hookLabels(h.order);
         if (l) out.push({ labels: { node, step: l.step, step_name: l.step_name, device: l.device, hook: l.hook }, counts: h.counts, sumNs: h.sumNs });
       }
       const wire = src.wireLatency();
-      const w = src.hookLabels(WIRE_ORDER);
+      const w = src.hookLabels(ORDER.UNDERLAY_INGRESS);
       if (wire && w) out.push({ labels: { node, step: w.step, step_name: w.step_name, device: w.device, hook: w.hook }, ...wire });
       return out;
     }));
@@ -189,5 +193,10 @@ export function createMetrics(src: MetricsSource): AgentMetrics {
     sampled: new Counter({ name: METRIC_NAMES.sampled, help: 'Packets picked by the consistent sampler that became traces.', registers: [registry] }),
     spans: new Counter({ name: METRIC_NAMES.spans, help: 'Spans handed to the OTLP exporter.', registers: [registry] }),
     exportFailures,
+    traceSessions: new Gauge({ name: METRIC_NAMES.traceSessions, help: 'Trace API sessions open (remote follow/diagnose).', registers: [registry] }),
+    traceRecords: new Counter({
+      name: METRIC_NAMES.traceRecords, help: 'Hop records of trace sessions: streamed to the caller, or lost because it read too slowly.',
+      labelNames: ['outcome'], registers: [registry],
+    }),
   };
 }

@@ -1,11 +1,12 @@
 // Rebuild each packet's path from hop records: group by what the packet carries unchanged
-// end to end (design §2), order by the step model, emit when the last hop is seen or after a grace time.
+// end to end (docs/architecture.md#packet-identity), order by the step model, emit when the last hop is seen or after a grace time.
 import { RECORD_KIND, type HopRecord } from '../probe/layout.generated';
 import { deviceKey, type ClusterTopology, type Device, findPodByIp } from '../topology/model';
 import { FINAL_ORDER, hookPoint, presentRoles, skippedSteps, STEP_NAMES, stepOn, type Side } from '../topology/steps';
 import type { DeviceRole } from '../topology/model';
 import type { HopView, PacketPath } from './path';
 import type { FlowSpec } from './spec';
+import { addrString } from '../probe/addr';
 
 interface Seen {
   order: number;
@@ -35,23 +36,6 @@ function tcpFlags(bits: number): string {
 
 function endpoint(addr: string, port: number, proto: number): string {
   return proto === 6 || proto === 17 ? `${addr}:${port}` : addr;
-}
-
-export function addrString(bytes: Uint8Array, family: number): string {
-  if (family === 4) return `${bytes[0]}.${bytes[1]}.${bytes[2]}.${bytes[3]}`;
-  const groups: number[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push((bytes[i]! << 8) | bytes[i + 1]!);
-  // RFC 5952: the longest run of two or more zero groups becomes "::"
-  let best = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8; ) {
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen) [best, bestLen] = [i, j - i];
-    i = j === i ? i + 1 : j;
-  }
-  const hex = (g: number[]) => g.map((x) => x.toString(16)).join(':');
-  return best < 0 ? hex(groups) : `${hex(groups.slice(0, best))}::${hex(groups.slice(best + bestLen))}`;
 }
 
 /** What the packet carries unchanged across every hop of both nodes (not skb->hash nor tstamp). */

@@ -1,4 +1,4 @@
-// A packet's path as follow prints it: the JSON shape of design §5 (add fields, never rename).
+// A packet's path as follow prints it: the JSON shape users script against (add fields, never rename).
 import type { Proto } from './spec';
 
 export interface HopView {

@@ -1,8 +1,8 @@
-// Packets the consistent sampler picked (design §3), grouped from the agent's ring
+// Packets the consistent sampler picked (the same packets on every node), grouped from the agent's ring
 // records into one node's view of each packet: its hops on this node, in path order.
 import { createHash } from 'node:crypto';
 import { ORDER, RECORD_KIND, type HopRecord } from '../probe/layout.generated';
-import { addrString } from './assemble';
+import { addrString } from '../probe/addr';
 
 export interface SampledHop {
   order: number;
@@ -12,7 +12,7 @@ export interface SampledHop {
 }
 
 export interface SampledPacket {
-  /** derived from what the packet carries unchanged: equal on every node (design §4) */
+  /** derived from what the packet carries unchanged: equal on every node, so spans join one trace */
   traceId: string;
   rootSpanId: string;
   family: number;

@@ -1,4 +1,4 @@
-// `--flow 'SRC[:PORT] -> DST[:PORT]'` parsed and checked (design §5).
+// `--flow 'SRC[:PORT] -> DST[:PORT]'` parsed and checked.
 import { isIPv4, isIPv6 } from 'node:net';
 import { usageError } from '../errors';
 

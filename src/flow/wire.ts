@@ -1,8 +1,8 @@
 // Step 6, the wire, is the one step no single node sees both ends of. Each agent keeps
 // the wall-clock departures of its sampled packets and serves them; a receiving agent
-// pulls its peers' and pairs them with its arrivals. Sampling is consistent (design §3),
+// pulls its peers' and pairs them with its arrivals. Sampling is consistent (every node picks the same packets),
 // so both nodes hold the same packets. Clocks: the nodes' wall clocks (NTP); a skewed
-// clock never yields a negative latency (design §4): it is clamped and counted.
+// clock never yields a negative latency: it is clamped (docs/architecture.md#clocks).
 
 export interface Departure {
   trace_id: string;

@@ -1,7 +1,7 @@
 // Read one enum's names out of the kernel's BTF (/sys/kernel/btf/vmlinux), e.g. the
 // drop reasons, so labels follow the running kernel rather than a copied table.
 import { readFileSync } from 'node:fs';
-import { NettraceError } from '../errors';
+import { LibbpfError } from './error';
 
 const BTF_MAGIC = 0xeb9f;
 const KIND_ENUM = 6;
@@ -29,9 +29,9 @@ export function readBtfEnum(name: string, path = '/sys/kernel/btf/vmlinux'): Map
   try {
     b = readFileSync(path);
   } catch (err) {
-    throw new NettraceError('KERNEL', `cannot read ${path}: ${(err as Error).message}`, 'nettrace needs a kernel built with CONFIG_DEBUG_INFO_BTF');
+    throw new LibbpfError('read-btf', `reading ${path}`, (err as NodeJS.ErrnoException).errno ?? 0, undefined, (err as Error).message);
   }
-  if (b.readUInt16LE(0) !== BTF_MAGIC) throw new NettraceError('KERNEL', `${path} is not BTF`, 'check the kernel has BTF');
+  if (b.readUInt16LE(0) !== BTF_MAGIC) throw new LibbpfError('read-btf', `reading ${path}`, 0, undefined, 'not BTF');
   const hdrLen = b.readUInt32LE(4);
   const typeOff = hdrLen + b.readUInt32LE(8);
   const typeLen = b.readUInt32LE(12);
@@ -51,5 +51,5 @@ export function readBtfEnum(name: string, path = '/sys/kernel/btf/vmlinux'): Map
     }
     p += extraBytes(kind, vlen);
   }
-  throw new NettraceError('KERNEL', `enum ${name} is not in ${path}`, 'this kernel may be too old for the feature that needs it');
+  throw new LibbpfError('read-btf', `enum ${name}`, 0, undefined, `not in ${path}`);
 }

@@ -1,6 +1,5 @@
 // Attaching a tc program to a device: tcx links (kernel >= 6.6) or classic clsact filters.
-import { NettraceError } from '../errors';
-import { bpfError, describeErrno } from './errno';
+import { LibbpfError } from './error';
 import { c } from './native';
 
 export type TcDirection = 'ingress' | 'egress';
@@ -31,7 +30,7 @@ const ENOENT = 2;
 export function attachTcx(progFd: number, ifindex: number, direction: TcDirection): Attachment {
   const attachType = direction === 'ingress' ? BPF_TCX_INGRESS : BPF_TCX_EGRESS;
   const fd = c.bpf_link_create(progFd, ifindex, attachType, null) as number;
-  if (fd < 0) throw bpfError(`tcx ${direction} attach to ifindex ${ifindex}`, fd, 'tcx needs kernel 6.6+; use --attach tc on older kernels');
+  if (fd < 0) throw new LibbpfError('attach-tcx', `tcx ${direction} attach to ifindex ${ifindex}`, fd);
   let open = true;
   return {
     mechanism: 'tcx', ifindex, direction, ownsQdisc: false,
@@ -59,10 +58,10 @@ function hook(ifindex: number, direction: TcDirection | 'both'): object {
 export function attachTc(progFd: number, ifindex: number, direction: TcDirection, tag: TcTag): Attachment {
   const h = hook(ifindex, direction);
   const created = c.bpf_tc_hook_create(h) as number;
-  if (created < 0 && created !== -EEXIST) throw bpfError(`creating clsact on ifindex ${ifindex}`, created, 'check the device exists and you are root');
+  if (created < 0 && created !== -EEXIST) throw new LibbpfError('create-clsact', `creating clsact on ifindex ${ifindex}`, created);
   const opts = { sz: TC_OPTS_SIZE, prog_fd: progFd, flags: 0, prog_id: 0, handle: tag.handle, priority: tag.priority };
   const ret = c.bpf_tc_attach(h, opts) as number;
-  if (ret < 0) throw bpfError(`tc ${direction} attach to ifindex ${ifindex}`, ret, 'run `nettrace cleanup` to remove leftovers, then retry');
+  if (ret < 0) throw new LibbpfError('attach-tc', `tc ${direction} attach to ifindex ${ifindex}`, ret);
   let attached = true;
   return {
     mechanism: 'tc', ifindex, direction, ownsQdisc: created === 0,
@@ -78,7 +77,7 @@ export function detachTc(ifindex: number, direction: TcDirection, tag: TcTag): b
   const opts = { sz: TC_OPTS_SIZE, prog_fd: 0, flags: 0, prog_id: 0, handle: tag.handle, priority: tag.priority };
   const ret = c.bpf_tc_detach(hook(ifindex, direction), opts) as number;
   if (ret === -ENOENT || ret === -22 /* EINVAL: no clsact at all */) return false;
-  if (ret < 0) throw bpfError(`tc ${direction} detach from ifindex ${ifindex}`, ret, 'remove it by hand: tc filter del dev DEV ' + direction);
+  if (ret < 0) throw new LibbpfError('detach-tc', `tc ${direction} detach from ifindex ${ifindex}`, ret);
   return true;
 }
 
@@ -86,7 +85,7 @@ export function detachTc(ifindex: number, direction: TcDirection, tag: TcTag): b
 export function destroyClsact(ifindex: number): void {
   const ret = c.bpf_tc_hook_destroy(hook(ifindex, 'both')) as number;
   if (ret < 0 && ret !== -ENOENT && ret !== -22) {
-    throw new NettraceError('BPF', `removing clsact from ifindex ${ifindex}: ${describeErrno(ret)}`, 'remove it by hand: tc qdisc del dev DEV clsact');
+    throw new LibbpfError('destroy-clsact', `removing clsact from ifindex ${ifindex}`, ret);
   }
 }
 

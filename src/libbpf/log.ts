@@ -4,7 +4,7 @@ import { c, koffi, PrintFnProto } from './native';
 const MAX_LINES = 400;
 let lines: string[] = [];
 let registered: unknown = null;
-const echo = process.env.NETTRACE_LIBBPF_DEBUG === '1';
+const echo = process.env.LIBBPF_DEBUG === '1';
 
 function onPrint(_level: number, fmt: string, args: unknown): number {
   const buf = Buffer.alloc(8192);

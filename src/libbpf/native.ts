@@ -1,13 +1,12 @@
 // The C functions we call: libbpf.so.1 and a few from libc. Nothing nettrace-specific.
 import koffi, { type LibraryHandle } from "koffi";
-import { NettraceError } from '../errors';
+import { LibbpfError } from './error';
 
 function open(name: string): LibraryHandle {
   try {
     return koffi.load(name);
   } catch (err) {
-    throw new NettraceError('KERNEL', `cannot load ${name}: ${(err as Error).message}`,
-      'install it (Debian: apt-get install libbpf1) or run `make deps`');
+    throw new LibbpfError('load-library', `loading ${name}`, 0, undefined, (err as Error).message);
   }
 }
 
@@ -20,7 +19,7 @@ export const BpfProgramPtr = koffi.pointer('bpf_program', koffi.opaque());
 export const BpfMapPtr = koffi.pointer('bpf_map', koffi.opaque());
 export const BpfLinkPtr = koffi.pointer('bpf_link', koffi.opaque());
 
-// Layouts checked against C by test/bpf/structs.test.ts (design §3a).
+// Layouts checked against C by test/unit/libbpf/structs.test.ts: a wrong size lets the kernel read past our buffer.
 export const BpfTcHook = koffi.struct('bpf_tc_hook', {
   sz: 'size_t', ifindex: 'int', attach_point: 'int', parent: 'uint32_t',
 });
@@ -71,17 +70,15 @@ export const c = {
   open: libc.func('int open(const char *path, int flags)'),
   close: libc.func('int close(int fd)'),
   setns: libc.func('int setns(int fd, int nstype)'),
-  if_nametoindex: libc.func('uint32_t if_nametoindex(const char *name)'),
   mmap: libc.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)'),
   munmap: libc.func('int munmap(void *addr, size_t length)'),
   vsnprintf: libc.func('int vsnprintf(_Out_ uint8_t *buf, size_t size, const char *fmt, void *args)'),
-  strerror: libc.func('const char *strerror(int errnum)'),
   getpagesize: libc.func('int getpagesize()'),
 };
 
 export const PrintFnProto = PrintFn;
 
-/** errno of the last call, read right after it (design §3a). */
+/** errno of the last call: pointer-returning libbpf calls return NULL and set errno, so read it right after. */
 export function lastErrno(): number {
   return koffi.errno();
 }

@@ -1,7 +1,6 @@
-// Run a function with the calling thread inside another network namespace (design §3a):
+// Run a function with the calling thread inside another network namespace (setns on this thread):
 // ifindexes and tcx/tc attachments resolve in the namespace current at the syscall.
-import { NettraceError } from '../errors';
-import { describeErrno } from './errno';
+import { LibbpfError } from './error';
 import { c, lastErrno } from './native';
 
 const O_RDONLY_CLOEXEC = 0o2000000;
@@ -10,16 +9,14 @@ const CLONE_NEWNET = 0x40000000;
 function openNs(path: string): number {
   const fd = c.open(path, O_RDONLY_CLOEXEC) as number;
   if (fd < 0) {
-    throw new NettraceError('NOT_FOUND', `cannot open network namespace ${path}: ${describeErrno(lastErrno())}`,
-      'check the namespace exists (`ip netns list`)');
+    throw new LibbpfError('open-netns', `opening network namespace ${path}`, lastErrno());
   }
   return fd;
 }
 
 function enter(fd: number, path: string): void {
   if ((c.setns(fd, CLONE_NEWNET) as number) < 0) {
-    throw new NettraceError('PERMISSION', `cannot enter network namespace ${path}: ${describeErrno(lastErrno())}`,
-      'run as root (CAP_SYS_ADMIN)');
+    throw new LibbpfError('enter-netns', `entering network namespace ${path}`, lastErrno());
   }
 }
 
@@ -42,8 +39,4 @@ export function inNetns<T>(nsPath: string | null, fn: () => T): T {
   } finally {
     c.close(home);
   }
-}
-
-export function ifNameToIndex(name: string): number {
-  return c.if_nametoindex(name) as number;
 }

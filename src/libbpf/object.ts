@@ -1,6 +1,5 @@
 // A BPF object file: open, set read-only config, switch programs off, load, find programs and maps.
-import { NettraceError } from '../errors';
-import { bpfError, describeErrno } from './errno';
+import { LibbpfError } from './error';
 import { captureLibbpfLog, libbpfLogTail, resetLibbpfLog } from './log';
 import { BpfMap } from './map';
 import { c, koffi, lastErrno } from './native';
@@ -22,8 +21,7 @@ export class BpfObject {
     const handle = c.bpf_object__open_file(path, null);
     if (!handle) {
       const errno = lastErrno();
-      throw new NettraceError('BPF', `cannot open BPF object ${path}: ${describeErrno(errno)}`,
-        'run `make build` to compile the BPF programs', libbpfLogTail(5).join('\n'));
+      throw new LibbpfError('open-object', `opening BPF object ${path}`, errno, libbpfLogTail(5).join('\n'));
     }
     return new BpfObject(path, handle);
   }
@@ -34,7 +32,7 @@ export class BpfObject {
     const map = this.mapHandle(section);
     const size = [0];
     const ptr = c.bpf_map__initial_value(map, size);
-    if (!ptr) throw new NettraceError('BPF', `section ${section} of ${this.path} has no data`, 'rebuild the BPF object');
+    if (!ptr) throw new LibbpfError('find', `section ${section} of ${this.path}`, 0, undefined, 'it has no data');
     return Buffer.from(koffi.view(ptr, size[0] ?? 0));
   }
 
@@ -46,7 +44,7 @@ export class BpfObject {
   setMaxEntries(map: string, entries: number): void {
     this.assertNotLoaded('resize maps');
     const ret = c.bpf_map__set_max_entries(this.mapHandle(map), entries) as number;
-    if (ret < 0) throw bpfError(`resizing map ${map}`, ret, 'pick another size');
+    if (ret < 0) throw new LibbpfError('map', `resizing map ${map}`, ret);
   }
 
   load(): void {
@@ -55,15 +53,14 @@ export class BpfObject {
     if (ret < 0) {
       // The verifier's reasoning is in libbpf's log; its last lines say why.
       const tail = libbpfLogTail(25).join('\n');
-      throw bpfError(`loading ${this.path}`, ret,
-        'check the kernel has BTF (/sys/kernel/btf/vmlinux) and you are root; the verifier log follows', tail);
+      throw new LibbpfError('load-object', `loading ${this.path}`, ret, tail);
     }
     this.loaded = true;
   }
 
   program(name: string): BpfProgram {
     const fd = c.bpf_program__fd(this.programHandle(name)) as number;
-    if (fd < 0) throw new NettraceError('BPF', `program ${name} is not loaded`, 'load the object first, with the program switched on');
+    if (fd < 0) throw new LibbpfError('find', `program ${name} of ${this.path}`, fd, undefined, 'not loaded (load the object with it switched on)');
     return { name, fd };
   }
 
@@ -75,8 +72,7 @@ export class BpfObject {
     const link = c.bpf_program__attach(this.programHandle(name));
     if (!link) {
       const errno = lastErrno();
-      throw new NettraceError('BPF', `attaching ${name}: ${describeErrno(errno)}`, 'check the kernel has BTF and the tracepoint exists',
-        libbpfLogTail(5).join('\n'));
+      throw new LibbpfError('attach-tracepoint', `attaching ${name}`, errno, libbpfLogTail(5).join('\n'));
     }
     let open = true;
     return {
@@ -90,7 +86,7 @@ export class BpfObject {
   map(name: string): BpfMap {
     const handle = this.mapHandle(name);
     const fd = c.bpf_map__fd(handle) as number;
-    if (fd < 0) throw new NettraceError('BPF', `map ${name} is not created`, 'load the object first');
+    if (fd < 0) throw new LibbpfError('find', `map ${name} of ${this.path}`, fd, undefined, 'not created (load the object first)');
     return new BpfMap(name, fd, c.bpf_map__key_size(handle) as number, c.bpf_map__value_size(handle) as number);
   }
 
@@ -106,13 +102,13 @@ export class BpfObject {
 
   private programHandle(name: string): unknown {
     const prog = c.bpf_object__find_program_by_name(this.handle, name);
-    if (!prog) throw new NettraceError('BPF', `no program ${name} in ${this.path}`, 'rebuild with `make build`');
+    if (!prog) throw new LibbpfError('find', `program ${name} of ${this.path}`, 0, undefined, 'no such program');
     return prog;
   }
 
   private mapHandle(name: string): unknown {
     const map = c.bpf_object__find_map_by_name(this.handle, name);
-    if (!map) throw new NettraceError('BPF', `no map ${name} in ${this.path}`, 'rebuild with `make build`');
+    if (!map) throw new LibbpfError('find', `map ${name} of ${this.path}`, 0, undefined, 'no such map');
     return map;
   }
 

@@ -1,7 +1,7 @@
-// Bulk reader of a BPF ring buffer through its mmap'd pages (design §3): positions read with
-// Atomics, records handed out as (DataView, offset) so decoding allocates nothing.
-import { NettraceError } from '../errors';
-import { describeErrno } from './errno';
+// Bulk reader of a BPF ring buffer through its mmap'd pages: positions read with Atomics,
+// records handed out as (DataView, offset) so decoding allocates nothing. One FFI callback a
+// record (ring_buffer__poll) would cap us near 0.5 M records/s and block the event loop.
+import { LibbpfError } from './error';
 import { c, koffi, lastErrno } from './native';
 
 const PROT_READ = 1;
@@ -17,7 +17,7 @@ export type RecordHandler = (view: DataView, offset: number, length: number) => 
 function mapOrThrow(length: number, prot: number, fd: number, offset: number): unknown {
   const ptr = c.mmap(null, length, prot, MAP_SHARED, fd, offset);
   if (!ptr || koffi.address(ptr) === MAP_FAILED) {
-    throw new NettraceError('BPF', `mmap of ring buffer failed: ${describeErrno(lastErrno())}`, 'the kernel needs BPF ring buffers (5.8+)');
+    throw new LibbpfError('mmap-ring', 'mmap of a BPF ring buffer', lastErrno());
   }
   return ptr;
 }
@@ -45,11 +45,6 @@ export class RingReader {
     this.producer = new BigUint64Array(prod, 0, 1);
     this.headers = new Uint32Array(prod, this.page, (2 * size) / 4);
     this.data = new DataView(prod, this.page, 2 * size);
-  }
-
-  /** Bytes written by the kernel and not yet consumed. */
-  pending(): number {
-    return Number(Atomics.load(this.producer, 0) - Atomics.load(this.consumer, 0));
   }
 
   /** Hand every committed record to fn; returns how many. Stops early after max records. */

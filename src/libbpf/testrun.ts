@@ -1,5 +1,5 @@
 // BPF_PROG_TEST_RUN: feed a crafted packet through a loaded program.
-import { bpfError } from './errno';
+import { LibbpfError } from './error';
 import { address, c } from './native';
 
 export interface TestRunResult {
@@ -18,6 +18,6 @@ export function testRun(progFd: number, packet: Buffer, repeat = 1): TestRunResu
     ctx_in: 0, ctx_out: 0, ctx_size_in: 0, ctx_size_out: 0, retval: 0, repeat, duration: 0, flags: 0, cpu: 0, batch_size: 0,
   };
   const ret = c.bpf_prog_test_run_opts(progFd, opts) as number;
-  if (ret < 0) throw bpfError('BPF_PROG_TEST_RUN', ret, 'run as root; the packet must be at least 14 bytes');
+  if (ret < 0) throw new LibbpfError('test-run', 'BPF_PROG_TEST_RUN', ret);
   return { retval: opts.retval | 0, dataOut: out.subarray(0, opts.data_size_out), durationNs: opts.duration };
 }

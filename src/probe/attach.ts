@@ -1,6 +1,7 @@
 // Put the hop programs on both hooks of every device of the path, inside each device's namespace.
 import { attachTc, attachTcx, destroyClsact, inNetns, type Attachment, type BpfProgram, type TcDirection } from '../libbpf';
-import { NettraceError } from '../errors';
+import type { NettraceError } from '../errors';
+import { advise } from './advice';
 import type { Device } from '../topology/model';
 import { hasTcFilters, TC_TAG } from './tctag';
 
@@ -60,15 +61,14 @@ export function attachAll(devices: Device[], programs: ProgramChoice, mechanism:
             const a = mechanism === 'tcx' ? attachTcx(fd, device.ifindex, dir) : attachTc(fd, device.ifindex, dir, TC_TAG);
             attachments.push({ device, attachment: a });
           } catch (err) {
-            const e = err as NettraceError;
-            throw new NettraceError('BPF', `failed to attach to ${device.name} ${dir} in ${device.netns.name}: ${e.message}`, e.next ?? 'run `nettrace cleanup` and retry');
+            throw advise(err, `failed to attach to ${device.name} ${dir} in ${device.netns.name}`);
           }
         }
       });
     }
   } catch (err) {
     set.detach();
-    throw err;
+    throw advise(err);
   }
   return set;
 }

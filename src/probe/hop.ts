@@ -3,17 +3,19 @@ import { BpfObject, possibleCpus, RingReader } from '../libbpf';
 import type { BpfMap, BpfProgram, RecordHandler } from '../libbpf';
 import { encodeFlowKey, encodeFlowRule, type FlowRule } from './flowrule';
 import { writeVxlanPorts } from './config';
+import { HOP } from './layout.generated';
 import { bpfObjectPath } from './paths';
 
+const { programs: P, maps: M } = HOP;
+
 export interface HopOptions {
-  /** UDP ports whose payload is VXLAN (design §1: 8472 flannel, 4789 IANA) */
+  /** UDP ports whose payload is VXLAN (8472 flannel, 4789 IANA) */
   vxlanPorts: number[];
   /** ring size in bytes, a power of two */
   ringBytes?: number;
   /** also report followed packets the kernel drops, with its reason (tp_btf/kfree_skb; default true) */
   drops?: boolean;
 }
-
 
 export class HopProbe {
   readonly ingress: BpfProgram;
@@ -24,11 +26,11 @@ export class HopProbe {
   private dropLink: { detach(): void } | null = null;
 
   private constructor(private readonly obj: BpfObject) {
-    this.ingress = obj.program('nt_ingress');
-    this.egress = obj.program('nt_egress');
-    this.flows = obj.map('nt_flows');
-    this.lost = obj.map('nt_lost');
-    this.ring = new RingReader(obj.map('nt_records').fd, obj.maxEntries('nt_records'));
+    this.ingress = obj.program(P.nt_ingress);
+    this.egress = obj.program(P.nt_egress);
+    this.flows = obj.map(M.nt_flows);
+    this.lost = obj.map(M.nt_lost);
+    this.ring = new RingReader(obj.map(M.nt_records).fd, obj.maxEntries(M.nt_records));
   }
 
   static load(opts: HopOptions): HopProbe {
@@ -36,11 +38,11 @@ export class HopProbe {
     try {
       const cfg = obj.sectionData('.rodata');
       writeVxlanPorts(cfg, opts.vxlanPorts);
-      if (opts.ringBytes) obj.setMaxEntries('nt_records', opts.ringBytes);
-      if (opts.drops === false) obj.setAutoload('nt_drop', false);
+      if (opts.ringBytes) obj.setMaxEntries(M.nt_records, opts.ringBytes);
+      if (opts.drops === false) obj.setAutoload(P.nt_drop, false);
       obj.load();
       const probe = new HopProbe(obj);
-      if (opts.drops !== false) probe.dropLink = obj.attach('nt_drop');
+      if (opts.drops !== false) probe.dropLink = obj.attach(P.nt_drop);
       return probe;
     } catch (err) {
       obj.close();
@@ -50,10 +52,6 @@ export class HopProbe {
 
   follow(rule: FlowRule): void {
     this.flows.update(encodeFlowKey(rule), encodeFlowRule(rule));
-  }
-
-  unfollow(rule: FlowRule): void {
-    this.flows.delete(encodeFlowKey(rule));
   }
 
   /** Records the kernel could not write because the ring was full, summed over CPUs. */

@@ -1,14 +1,12 @@
-// The pod network of each CNI mode (design §1), as each CNI writes it on a node: devices,
+// The pod network of each CNI mode, as each CNI writes it on a node: devices,
 // addresses, routes, neighbour and FDB entries; for calico-bgp, routes learned over real BGP.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { NettraceError } from '../errors';
 import { ip, ipJson, run } from '../exec';
-import type { TestbedState } from './testbed';
-
-export const CNI_MODES = ['flannel-vxlan', 'flannel-host-gw', 'calico-bgp', 'calico-vxlan', 'calico-ipip', 'weave'] as const;
-export type CniMode = (typeof CNI_MODES)[number];
+import type { CniMode } from '../topology/cni';
+import type { TestbedState } from './state';
 
 type Node = TestbedState['nodes'][number];
 type Pod = TestbedState['pods'][number];

@@ -1,12 +1,14 @@
-// The seed's two-node cluster built from network namespaces (design §6), in each CNI mode of
-// design §1: the nodes and the cable between them are common, the mode makes the pod network.
+// The two-node test cluster built from network namespaces, in each CNI mode nettrace knows:
+// the nodes and the cable between them are common, the mode makes the pod network.
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { NettraceError } from '../errors';
 import { ip, run } from '../exec';
-import { buildMode, MODES, removeBirdFiles, type CniMode } from './modes';
+import type { CniMode } from '../topology/cni';
+import { buildMode, MODES, removeBirdFiles } from './modes';
+import type { TestbedState } from './state';
 
-export { CNI_MODES, type CniMode } from './modes';
+export type { TestbedPod, TestbedState } from './state';
 
 export interface TestbedOptions {
   /** prepended to every namespace name, so tests can run beside a demo */
@@ -14,22 +16,6 @@ export interface TestbedOptions {
   /** pod eth0 MTU: the mode's (1450 with VXLAN); 1500 reproduces the seed's MTU case */
   podMtu?: number;
   cni?: CniMode;
-}
-
-export interface TestbedPod {
-  name: string;
-  netns: string;
-  ip: string;
-  node: string;
-}
-
-export interface TestbedState {
-  cni: CniMode;
-  prefix: string;
-  nodes: { name: string; netns: string; ip: string; podCidr: string }[];
-  pods: TestbedPod[];
-  /** ClusterIP services, kube-proxy style (iptables DNAT in every node) */
-  services: { name: string; clusterIp: string; port: number; endpoints: string[] }[];
 }
 
 export const STATE_DIR = '/run/nettrace/testbed';

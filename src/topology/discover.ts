@@ -1,6 +1,7 @@
 // Discover a node's devices and pods from the node itself (links, addresses, routes), never by name.
 import { NettraceError } from '../errors';
 import { ipJson, ipJsonAsync } from '../exec';
+import { detectCni } from './cni';
 import type { ClusterTopology, Device, NodeTopology, Pod } from './model';
 import { ipNs, namedNetns, type NetnsRef } from './netns';
 
@@ -103,17 +104,11 @@ export function discoverNode(netns: NetnsRef, nodeNetns: Set<string> = new Set()
   // Calico's mark: each pod reached by a /32 route through its own veth, no bridge
   const routedPods = pods.length > 0 && pods.every((p) => routes.some((r) => r.dev === p.hostVeth.name && p.ips.some((ip) => r.dst === ip || r.dst === `${ip}/32`)));
   const bgp = routes.some((r) => (r as IpRoute & { protocol?: string }).protocol === 'bird');
-  return { name, netns, ip: nodeIp, underlay, bridge, tunnel, pods, cni: detectCni(tunnelLink, !!bridge, bgp || (routedPods && !tunnelLink)) };
-}
-
-/** The mode from what is on the node: the tunnel's kind and port, a bridge, BGP-learned or Calico pod routes (design §1). */
-export function detectCni(tunnel: IpLink | undefined, bridge: boolean, calicoRouted: boolean): string {
-  const kind = tunnel?.linkinfo?.info_kind;
-  const port = tunnel?.linkinfo?.info_data?.port;
-  if (kind === 'ipip') return 'calico-ipip';
-  if (kind === 'vxlan') return port === 8472 ? 'flannel-vxlan' : port === 6784 ? 'weave' : !bridge ? 'calico-vxlan' : 'flannel-vxlan';
-  if (bridge) return 'flannel-host-gw';
-  return calicoRouted ? 'calico-bgp' : 'unknown';
+  const cni = detectCni({
+    tunnel: tunnelLink && { kind: tunnelLink.linkinfo?.info_kind, port: tunnelLink.linkinfo?.info_data?.port },
+    bridge: !!bridge, calicoRouted: bgp || (routedPods && !tunnelLink),
+  });
+  return { name, netns, ip: nodeIp, underlay, bridge, tunnel, pods, cni };
 }
 
 export function discoverCluster(nodes: NetnsRef[]): ClusterTopology {

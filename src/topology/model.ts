@@ -1,5 +1,6 @@
-// What a node looks like to nettrace: its devices by role, its pods, and the nine steps (design §1).
+// What a node looks like to nettrace: its devices by role and its pods.
 
+import type { DetectedCni } from './cni';
 import type { NetnsRef } from './netns';
 
 export type DeviceRole = 'pod' | 'host-veth' | 'bridge' | 'tunnel' | 'underlay';
@@ -34,8 +35,8 @@ export interface NodeTopology {
   bridge: Device | null;
   tunnel: Device | null;
   pods: Pod[];
-  /** the CNI mode its devices and routes say (design §1), e.g. flannel-vxlan; 'unknown' otherwise */
-  cni: string;
+  /** the CNI mode its devices and routes say, e.g. flannel-vxlan */
+  cni: DetectedCni;
 }
 
 export interface ClusterTopology {

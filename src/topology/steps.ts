@@ -1,4 +1,6 @@
-// The nine steps of a cross-node packet (design §1) and where each is observed.
+// The nine steps of a cross-node packet and the ten hook points that observe them
+// (docs/architecture.md#hook-points-and-steps). Orders are the generated enum nt_order.
+import { ORDER } from '../probe/layout.generated';
 import type { DeviceRole } from './model';
 
 export const STEP_NAMES: Record<number, string> = {
@@ -25,18 +27,18 @@ export interface HookPoint {
 
 const POINTS: Record<Side, Partial<Record<`${DeviceRole}/${Hook}`, HookPoint>>> = {
   source: {
-    'pod/egress': { step: 1, order: 0 },
-    'host-veth/ingress': { step: 2, order: 1 },
-    'bridge/ingress': { step: 3, order: 2 },
-    'tunnel/egress': { step: 4, order: 3 },
-    'underlay/egress': { step: 5, order: 4 },
+    'pod/egress': { step: 1, order: ORDER.POD_EGRESS },
+    'host-veth/ingress': { step: 2, order: ORDER.VETH_INGRESS },
+    'bridge/ingress': { step: 3, order: ORDER.BRIDGE_INGRESS },
+    'tunnel/egress': { step: 4, order: ORDER.TUNNEL_EGRESS },
+    'underlay/egress': { step: 5, order: ORDER.UNDERLAY_EGRESS },
   },
   destination: {
-    'underlay/ingress': { step: 6, order: 5 },
-    'tunnel/ingress': { step: 7, order: 6 },
-    'bridge/egress': { step: 8, order: 7 },
-    'host-veth/egress': { step: 9, order: 8 },
-    'pod/ingress': { step: 9, order: 9 },
+    'underlay/ingress': { step: 6, order: ORDER.UNDERLAY_INGRESS },
+    'tunnel/ingress': { step: 7, order: ORDER.TUNNEL_INGRESS },
+    'bridge/egress': { step: 8, order: ORDER.BRIDGE_EGRESS },
+    'host-veth/egress': { step: 9, order: ORDER.VETH_EGRESS },
+    'pod/ingress': { step: 9, order: ORDER.POD_INGRESS },
   },
 };
 
@@ -46,9 +48,9 @@ export function hookPoint(side: Side, role: DeviceRole, hook: Hook): HookPoint |
 }
 
 /** The last hook of a path: seeing it there means the packet arrived. */
-export const FINAL_ORDER = 9;
+export const FINAL_ORDER: number = ORDER.POD_INGRESS;
 
-/** A hook point by its order, with the side of the path it is on (orders 0-9, as bpf/nettrace.h enum nt_order). */
+/** A hook point by its order, with the side of the path it is on. */
 export interface OrderPoint extends HookPoint {
   role: DeviceRole;
   hook: Hook;
@@ -75,8 +77,7 @@ export function stepAfter(order: number): number {
 }
 
 /**
- * The step a hook ends on a node that lacks some devices (design §1: "a missing device
- * collapses its step"). Without a tunnel, routing ends where the packet leaves the node;
+ * The step a hook ends on a node that lacks some devices: a missing device collapses its step. Without a tunnel, routing ends where the packet leaves the node;
  * without a bridge, routing on the receiving node ends at the pod's veth.
  */
 export function stepOn(side: Side, role: DeviceRole, hook: Hook, present: ReadonlySet<DeviceRole>): number | null {

@@ -51,7 +51,7 @@ function run(pkt: Buffer): HopRecord[] {
 
 const tcp = (over: object = {}) => ({ proto: 'tcp' as const, sport: 40000, dport: 80, seq: 1000, ack: 77, payload: 100, ...over });
 
-test('plain IPv4 TCP: recorded at both hooks with the key of design §2', { skip }, () => {
+test('plain IPv4 TCP: recorded at both hooks with the full packet key', { skip }, () => {
   const recs = run(ether(ipv4(A, B, tcp(), { id: 0xbeef })));
   assert.equal(recs.length, 2);
   const [i, e] = recs as [HopRecord, HopRecord];

@@ -4,9 +4,10 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { spawn, spawnSync } from 'node:child_process';
 import { test } from 'node:test';
-import type { Diagnosis } from '../../src/flow/diagnose';
+import type { Diagnosis } from '../../src/flow/verdict';
 import { birdFiles, MODES } from '../../src/testbed/modes';
-import type { CniMode, TestbedState } from '../../src/testbed/testbed';
+import type { TestbedState } from '../../src/testbed/testbed';
+import type { CniMode } from '../../src/topology/cni';
 import { NETTRACE, withTestbed } from '../helpers/cluster';
 import { needsRoot } from '../helpers/privileged';
 

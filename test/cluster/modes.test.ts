@@ -1,11 +1,11 @@
 // follow in every CNI mode of the test cluster: each mode's own devices, and the steps it does
-// not have reported as such (design §1), on real namespaces with real traffic.
+// not have reported as such, on real namespaces with real traffic.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 import type { PacketPath } from '../../src/flow/path';
 import { kernelHasIpip } from '../../src/testbed/modes';
-import type { CniMode } from '../../src/testbed/testbed';
+import type { CniMode } from '../../src/topology/cni';
 import { jsonLines, NETTRACE, nsExec, startFollow, withTestbed } from '../helpers/cluster';
 import { needsRoot } from '../helpers/privileged';
 

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
-import type { Diagnosis } from '../../src/flow/diagnose';
+import type { Diagnosis } from '../../src/flow/verdict';
 import type { PacketPath } from '../../src/flow/path';
 import { jsonLines, NETTRACE, nsExec, nsSpawn, startFollow, withTestbed } from '../helpers/cluster';
 import { needsRoot } from '../helpers/privileged';

@@ -3,7 +3,8 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
-import { testbedDown, testbedUp, type CniMode, type TestbedState } from '../../src/testbed/testbed';
+import { testbedDown, testbedUp, type TestbedState } from '../../src/testbed/testbed';
+import type { CniMode } from '../../src/topology/cni';
 
 export const ROOT = path.resolve(__dirname, '../../..');
 export const NETTRACE = path.join(ROOT, 'bin/nettrace');

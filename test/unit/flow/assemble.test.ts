@@ -2,7 +2,8 @@
 import assert from 'node:assert/strict';
 import { SocketAddress } from 'node:net';
 import { test } from 'node:test';
-import { addrString, PathAssembler } from '../../../src/flow/assemble';
+import { PathAssembler } from '../../../src/flow/assemble';
+import { addrString } from '../../../src/probe/addr';
 import { ipBytesOf } from '../../../src/probe/addr';
 import { parseFlowSpec } from '../../../src/flow/spec';
 import type { HopRecord } from '../../../src/probe/layout.generated';

@@ -15,5 +15,5 @@ test('skb_drop_reason from /sys/kernel/btf/vmlinux', (t) => {
   assert.equal(reasons.get(2), 'SKB_DROP_REASON_NOT_SPECIFIED');
   assert.ok([...reasons.values()].includes('SKB_DROP_REASON_NETFILTER_DROP'));
   assert.ok(reasons.size > 50);
-  assert.throws(() => readBtfEnum('no_such_enum_here'), /enum no_such_enum_here is not in/);
+  assert.throws(() => readBtfEnum('no_such_enum_here'), /enum no_such_enum_here: not in/);
 });

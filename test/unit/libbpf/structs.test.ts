@@ -1,4 +1,4 @@
-// Our koffi struct layouts against libbpf's own headers, compiled and printed by C (design §3a).
+// Our koffi struct layouts against libbpf's own headers, compiled and printed by C: a wrong size lets the kernel read past our buffer.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';

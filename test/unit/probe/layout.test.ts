@@ -1,16 +1,16 @@
-// The decoder is generated from the object's BTF; this fails when bpf/nettrace.h changed and `make gen` was not run.
+// The layouts, the decoder and the program and map names are generated from the objects' BTF;
+// this fails when bpf/ changed and `make gen` was not run.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
-import { ENUMS, OBJECTS, readEnum, readLayout, renderModule, STRUCTS } from '../../../scripts/gen-record';
-import { decodeHopRecord, HOP_RECORD_FIELDS, HOP_RECORD_SIZE } from '../../../src/probe/layout.generated';
+import { generate, OBJECTS } from '../../../scripts/gen-layout';
+import { AGENT, decodeHopRecord, HOP, HOP_RECORD_FIELDS, HOP_RECORD_SIZE, ORDER } from '../../../src/probe/layout.generated';
 
 const ROOT = path.resolve(__dirname, '../../../..');
 
 test('src/probe/layout.generated.ts matches the BTF of the built objects', () => {
-  const objs = OBJECTS.map((o) => path.join(ROOT, o));
-  const fresh = renderModule(new Map(STRUCTS.map((s) => [s, readLayout(objs, s)])), new Map(ENUMS.map((e) => [e, readEnum(objs, e)])));
+  const fresh = generate(OBJECTS.map((o) => path.join(ROOT, o)));
   assert.equal(readFileSync(path.join(ROOT, 'src/probe/layout.generated.ts'), 'utf8'), fresh, 'run `make gen`');
 });
 
@@ -32,4 +32,14 @@ test('decoding reads every field at its BTF offset, little endian', () => {
   assert.equal(r.proto, 6);
   assert.ok(!('_pad' in r));
   assert.ok('order' in r && 'kind' in r && 'reason' in r);
+});
+
+test('program and map names: every program, every map, one agent program per hook point', () => {
+  assert.deepEqual(Object.keys(HOP.programs), ['nt_ingress', 'nt_egress', 'nt_drop']);
+  assert.ok('nt_flows' in HOP.maps && 'nt_records' in HOP.maps && 'nt_lost' in HOP.maps);
+  assert.ok('nt_kfree_skb' in AGENT.programs && 'nt_tcp_retransmit' in AGENT.programs && 'nt_lat' in AGENT.maps);
+  // kfuncs (extern) are not programs
+  assert.ok(!('bpf_cast_to_kern_ctx' in AGENT.programs));
+  assert.equal(AGENT.byOrder.length, ORDER.COUNT);
+  AGENT.byOrder.forEach((p, order) => assert.equal(p, `nt_agent_${order}`));
 });

@@ -1,8 +1,9 @@
-// Where and why a flow breaks or slows, from the paths of probe packets (design §6 of the
-// issue: the seed's troubleshooting by hand). Pure: what the node says is passed in.
+// Where and why a flow breaks or slows, from the paths of probe packets: what an operator
+// would otherwise find with tcpdump at each device by hand. Pure: what the node says is passed in.
 import type { ReachCheck } from '../topology/inspect';
 import { STEP_NAMES } from '../topology/steps';
 import type { HopView, PacketPath } from './path';
+import { median } from './stats';
 
 export type Cause = 'mtu' | 'netfilter-drop' | 'no-route' | 'no-neighbour' | 'no-fdb' | 'delay' | 'loss' | 'none';
 
@@ -36,11 +37,6 @@ export interface DiagnoseInput {
 
 const DELAY_MIN_NS = 1_000_000;
 const DELAY_FACTOR = 10;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)] ?? 0;
-}
 
 function ms(ns: number): string {
   return ns >= 1e6 ? `${(ns / 1e6).toFixed(1)} ms` : `${(ns / 1e3).toFixed(1)} µs`;

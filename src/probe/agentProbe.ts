@@ -1,12 +1,12 @@
-// The agent's programs (bpf/agent.bpf.c): tc programs per hook point, the drop and
-// retransmit tracepoints, and the maps userspace reads on scrape (design §3).
+// The agent's programs (bpf/agent.bpf.c): tc programs per hook point, the drop and retransmit
+// tracepoints, and the maps userspace reads on scrape (see docs/architecture.md, data path).
 import { BpfObject, possibleCpus, RingReader } from '../libbpf';
 import type { BpfMap, BpfProgram, RecordHandler } from '../libbpf';
-import { CONFIG_FIELDS, DROP_KEY_FIELDS, LATENCY_FIELDS, LATENCY_SIZE, RETRANS_KEY_FIELDS, RETRANS_VALUE_FIELDS } from './layout.generated';
+import { AGENT, CONFIG_FIELDS, DROP_KEY_FIELDS, LATENCY_FIELDS, LATENCY_SIZE, RETRANS_KEY_FIELDS, RETRANS_VALUE_FIELDS } from './layout.generated';
 import { writeVxlanPorts } from './config';
 import { bpfObjectPath } from './paths';
 
-export interface AggregateOptions {
+export interface AgentProbeOptions {
   vxlanPorts: number[];
   /** 1 in N packets become ring records (span material); 0 = none */
   sampleEvery: number;
@@ -42,7 +42,8 @@ export interface RetransmitCount {
 
 export const DEFAULT_LATENCY_EVERY = 8;
 export const LAT_BUCKETS = LATENCY_FIELDS.buckets.length / 8;
-const TRACEPOINTS = ['nt_kfree_skb', 'nt_tcp_retransmit'] as const;
+const { programs: P, maps: M } = AGENT;
+const TRACEPOINTS = [P.nt_kfree_skb, P.nt_tcp_retransmit] as const;
 
 function sum64(values: Buffer, at: number, cpus: number, stride: number): number {
   let s = 0;
@@ -50,17 +51,17 @@ function sum64(values: Buffer, at: number, cpus: number, stride: number): number
   return s;
 }
 
-export class AggregateProbe {
+export class AgentProbe {
   private readonly seenNetns = new Set<number>();
   private readonly tracepoints: { detach(): void }[] = [];
   private readonly ring: RingReader;
   private readonly cpus = possibleCpus();
 
   private constructor(private readonly obj: BpfObject) {
-    this.ring = new RingReader(obj.map('nt_records').fd, obj.maxEntries('nt_records'));
+    this.ring = new RingReader(obj.map(M.nt_records).fd, obj.maxEntries(M.nt_records));
   }
 
-  static load(opts: AggregateOptions): AggregateProbe {
+  static load(opts: AgentProbeOptions): AgentProbe {
     const obj = BpfObject.open(bpfObjectPath('agent'));
     try {
       const cfg = obj.sectionData('.rodata');
@@ -70,7 +71,7 @@ export class AggregateProbe {
       cfg.writeUInt32LE(below, CONFIG_FIELDS.sample_below.offset);
       cfg.writeUInt32LE((opts.latencyEvery ?? DEFAULT_LATENCY_EVERY) - 1, CONFIG_FIELDS.latency_mask.offset);
       obj.load();
-      const probe = new AggregateProbe(obj);
+      const probe = new AgentProbe(obj);
       if (opts.tracepoints !== false) for (const tp of TRACEPOINTS) probe.tracepoints.push(obj.attach(tp));
       return probe;
     } catch (err) {
@@ -79,15 +80,17 @@ export class AggregateProbe {
     }
   }
 
-  /** The tc program for a hook point (0-9). */
+  /** The tc program for a hook point (an ORDER value, 0-9). */
   program(order: number): BpfProgram {
-    return this.obj.program(`nt_agent_${order}`);
+    const name = AGENT.byOrder[order];
+    if (name === undefined) throw new RangeError(`no agent program for hook point ${order}`);
+    return this.obj.program(name);
   }
 
   /** Count drops and retransmits only in these namespaces (the node's and its pods'). */
   watchNetns(inos: Iterable<number>): void {
     const want = new Set(inos);
-    const map = this.obj.map('nt_netns');
+    const map = this.obj.map(M.nt_netns);
     for (const ino of want) {
       if (!this.seenNetns.has(ino)) map.update(u32(ino), u32(1));
     }
@@ -97,7 +100,7 @@ export class AggregateProbe {
   }
 
   latency(): LatencyHistogram[] {
-    const map = this.obj.map('nt_lat');
+    const map = this.obj.map(M.nt_lat);
     const stride = Math.ceil(LATENCY_SIZE / 8) * 8; // per-CPU values are 8-byte aligned
     const { keys, values, count } = map.lookupAll(stride * this.cpus);
     const out: LatencyHistogram[] = [];
@@ -116,7 +119,7 @@ export class AggregateProbe {
   }
 
   drops(): DropCount[] {
-    const map = this.obj.map('nt_drops');
+    const map = this.obj.map(M.nt_drops);
     const stride = 8;
     const { keys, values, count } = map.lookupAll(stride * this.cpus);
     const out: DropCount[] = [];
@@ -136,7 +139,7 @@ export class AggregateProbe {
    * Read a batch at a time, so 100k flows in the map do not mean 100k objects at once.
    */
   retransmits(): RetransmitCount[] {
-    const map = this.obj.map('nt_retrans');
+    const map = this.obj.map(M.nt_retrans);
     const K = RETRANS_KEY_FIELDS;
     const V = RETRANS_VALUE_FIELDS;
     const sums = new Map<string, RetransmitCount>();
@@ -164,7 +167,7 @@ export class AggregateProbe {
   }
 
   lostRecords(): number {
-    return this.perCpuArray(this.obj.map('nt_lost'))[0] ?? 0;
+    return this.perCpuArray(this.obj.map(M.nt_lost))[0] ?? 0;
   }
 
   drain(fn: RecordHandler, max?: number): number {
