@@ -16,6 +16,7 @@ import { allDevices } from '../src/topology/model';
 import { namedNetns } from '../src/topology/netns';
 import { ipBytes, ether, ipv4 } from '../test/helpers/packets';
 import { agentMemory, agentPerRun, agentThroughput, attachTime, deletePods } from './agent';
+import { remoteBench } from './remote';
 
 const PREFIX = 'ntbench-';
 const A = '10.244.1.5';
@@ -145,6 +146,7 @@ async function main(): Promise<void> {
       await agentMemory(nodes[0]!);
       await attachTime(nodes[0]!, PREFIX, 250, 3);
     }
+    if (want('remote')) await remoteBench(tb, (args) => iperf(podA, args), ROUNDS);
   } finally {
     server.kill('SIGKILL');
     deletePods(PREFIX);

@@ -253,6 +253,8 @@ export async function startTraceApi(opts: TraceApiOptions): Promise<TraceApi> {
   server.headersTimeout = 10_000;
   server.requestTimeout = 15_000;
   server.maxHeadersCount = 64;
+  // a stranger may open connections and send nothing: bound how many are held at once
+  server.maxConnections = 64;
   await listen(server, opts.addr, '--api-addr');
   const address = server.address();
   return {

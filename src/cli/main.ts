@@ -15,7 +15,11 @@ import { pathToJsonLine } from '../export/json';
 import { formatPathTable } from '../export/table';
 import { formatFlow } from '../flow/spec';
 import { advise } from '../probe/advice';
-import { runDiagnose } from '../session/diagnose';
+import { localTarget, runDiagnose } from '../session/diagnose';
+import { resolveAgents } from '../session/agentClient';
+import { connectAgents, remoteTarget, startRemoteFollow, type RemoteCluster } from '../session/remote';
+import type { PacketPath } from '../flow/path';
+import { readFileSync } from 'node:fs';
 import { startFollow, type ReadyEvent } from '../session/follow';
 import { viewCluster } from '../session/cluster';
 import { API_PORT } from '../session/protocol';
@@ -23,6 +27,30 @@ import { readTokenFile } from '../session/token';
 import { requireBtf, requireRoot } from './preflight';
 
 const log = (s: string) => process.stderr.write(s + '\n');
+
+interface FlowCommandOptions {
+  flow: string; proto?: string; output: 'table' | 'json'; nodes?: string; cni?: string; agents?: string; tokenFile?: string; ca?: string;
+}
+
+/** --agents: the cluster as the agents describe it; null to work on this machine's namespaces. */
+async function remoteCluster(o: FlowCommandOptions): Promise<RemoteCluster | null> {
+  if (o.agents === undefined) {
+    if (o.tokenFile !== undefined || o.ca !== undefined) throw usageError('--token-file and --ca go with --agents', 'name the agents with --agents URL,...');
+    return null;
+  }
+  if (o.nodes !== undefined) throw usageError('--nodes and --agents do not go together', 'with --agents each agent watches its own node');
+  if (o.tokenFile === undefined) throw usageError('--agents needs --token-file', 'give the file holding the token the agents were given');
+  let ca: Buffer | undefined;
+  if (o.ca !== undefined) {
+    try {
+      ca = readFileSync(o.ca);
+    } catch (err) {
+      throw usageError(`--ca ${o.ca}: ${(err as Error).message}`, 'give the PEM file of the CA that signed the agents\' certificates');
+    }
+  }
+  const auth = { token: readTokenFile(o.tokenFile), ...(ca ? { ca } : {}) };
+  return connectAgents(await resolveAgents(o.agents, auth), auth);
+}
 
 /** The one line scripts wait for: every hook is attached. */
 function readyLine(what: string, flow: string, r: ReadyEvent): string {
@@ -119,17 +147,23 @@ function buildProgram(): Command {
     .addOption(new Option('--proto <proto>', 'tcp, udp or icmp (default: tcp with ports, icmp without)'))
     .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json']).default('table'))
     .option('--nodes <netns,...>', 'network namespaces acting as nodes (default: the test cluster, else this host)')
-    .addOption(new Option('--cni <mode>', 'the CNI mode, when detecting it from the nodes is not what you want').choices(CNI_MODES));
+    .addOption(new Option('--cni <mode>', 'the CNI mode, when detecting it from the nodes is not what you want').choices(CNI_MODES))
+    .option('--agents <url,...>', 'trace through the agents on the nodes (http(s)://HOST:PORT, or dns://NAME:PORT for every address of a name), from any machine that reaches them')
+    .option('--token-file <file>', 'with --agents: the token the agents were given')
+    .option('--ca <file>', 'with --agents over https: the CA certificate (PEM) that signed the agents\' certificates');
 
   flowCommand('follow', 'show each packet of a flow crossing the nine steps between two pods, live')
     .option('--count <n>', 'stop after n packets', positiveInt('--count'))
     .option('--timeout <seconds>', 'stop after this many seconds', positiveNumber('--timeout'))
     .option('--grace <ms>', 'report a path incomplete when its next hop has not come in this time', positiveInt('--grace'), 1000)
     .addOption(new Option('--attach <mechanism>', 'tcx links (kernel 6.6+) or classic tc filters').choices(['tcx', 'tc']).default('tcx'))
-    .action(async (o: { flow: string; proto?: string; output: 'table' | 'json'; nodes?: string; cni?: string; count?: number; timeout?: number; grace: number; attach: 'tcx' | 'tc' }) => {
+    .action(async (o: FlowCommandOptions & { count?: number; timeout?: number; grace: number; attach: 'tcx' | 'tc' }) => {
       const flow = parseFlowSpec(o.flow, o.proto !== undefined ? parseProto(o.proto) : undefined);
-      requireRoot();
-      requireBtf();
+      const remote = await remoteCluster(o);
+      if (!remote) {
+        requireRoot();
+        requireBtf();
+      }
       // handlers first: a signal that lands while attaching must still detach everything
       let stop: (() => void) | null = null;
       const onSignal = (sig: NodeJS.Signals) => {
@@ -138,13 +172,15 @@ function buildProgram(): Command {
       };
       process.once('SIGINT', onSignal);
       process.once('SIGTERM', onSignal);
-      const session = startFollow({
-        flow, cluster: viewCluster(resolveNodes(o.nodes), o.cni as CniMode | undefined), count: o.count ?? null, timeoutS: o.timeout ?? null,
-        graceMs: o.grace, attach: o.attach,
-        onPath: (p) => process.stdout.write(o.output === 'json' ? pathToJsonLine(p) + '\n' : formatPathTable(p) + '\n'),
-        onReady: (r) => log(readyLine('following', formatFlow(flow), r)),
-        onWarning: (s) => log(`warning: ${s}`),
-      });
+      const events = {
+        flow, count: o.count ?? null, timeoutS: o.timeout ?? null, graceMs: o.grace,
+        onPath: (p: PacketPath) => process.stdout.write(o.output === 'json' ? pathToJsonLine(p) + '\n' : formatPathTable(p) + '\n'),
+        onReady: (r: ReadyEvent) => log(readyLine('following', formatFlow(flow), r)),
+        onWarning: (s: string) => log(`warning: ${s}`),
+      };
+      const session = remote
+        ? startRemoteFollow({ ...events, cluster: remote })
+        : startFollow({ ...events, cluster: viewCluster(resolveNodes(o.nodes), o.cni as CniMode | undefined), attach: o.attach });
       stop = session.stop;
       if (process.exitCode) stop();
       await session.done;
@@ -154,12 +190,16 @@ function buildProgram(): Command {
     .option('--passive', 'send nothing: watch the flow\'s real traffic')
     .option('--seconds <s>', 'how long --passive watches', positiveNumber('--seconds'), 5)
     .addOption(new Option('--attach <mechanism>', 'tcx links (kernel 6.6+) or classic tc filters').choices(['tcx', 'tc']).default('tcx'))
-    .action(async (o: { flow: string; proto?: string; output: 'table' | 'json'; nodes?: string; cni?: string; passive?: boolean; seconds: number; attach: 'tcx' | 'tc' }) => {
+    .action(async (o: FlowCommandOptions & { passive?: boolean; seconds: number; attach: 'tcx' | 'tc' }) => {
       const flow = parseFlowSpec(o.flow, o.proto !== undefined ? parseProto(o.proto) : undefined);
-      requireRoot();
-      requireBtf();
+      const remote = await remoteCluster(o);
+      if (!remote) {
+        requireRoot();
+        requireBtf();
+      }
+      const target = remote ? remoteTarget(flow, remote) : localTarget(flow, viewCluster(resolveNodes(o.nodes), o.cni as CniMode | undefined), o.attach);
       const d = await runDiagnose({
-        flow, cluster: viewCluster(resolveNodes(o.nodes), o.cni as CniMode | undefined), passive: !!o.passive, seconds: o.seconds, attach: o.attach,
+        flow, target, passive: !!o.passive, seconds: o.seconds,
         onReady: (r) => log(readyLine('diagnosing', formatFlow(flow), r)),
         onWarning: (s) => log(`warning: ${s}`),
       });

@@ -6,14 +6,16 @@ import { formatDuration } from './table';
 
 export function formatDiagnosis(f: FlowSpec, d: Diagnosis): string {
   const out: string[] = [];
-  out.push(`diagnose ${formatFlow(f)}: ${d.healthy ? 'HEALTHY' : d.cause === 'delay' ? `SLOW at step ${d.step} (${d.step_name})` : `BROKEN at step ${d.step ?? '?'} (${d.step_name ?? 'unknown'})`}`);
+  const unjudged = new Set(d.not_watched?.steps ?? []);
+  out.push(`diagnose ${formatFlow(f)}: ${d.healthy ? (unjudged.size ? `HEALTHY where watched; steps ${[...unjudged].join(',')} not watched` : 'HEALTHY') : d.cause === 'delay' ? `SLOW at step ${d.step} (${d.step_name})` : `BROKEN at step ${d.step ?? '?'} (${d.step_name ?? 'unknown'})`}`);
   const seen = new Set(d.steps.map((h) => h.step));
   for (let s = 1; s <= 9; s++) {
     const hops = d.steps.filter((h) => h.step === s);
     const mark = d.cause !== 'none' && d.step === s ? (d.cause === 'delay' ? ' <== slow' : ' <== packets stop here') : '';
     const where = hops.map((h) => `${h.node} ${h.device} ${h.hook}${h === d.steps[0] ? '' : ` +${formatDuration(h.latency_ns)}`}`).join(', ');
-    const state = seen.has(s) ? 'ok' : d.step !== null && s > d.step && d.cause !== 'delay' ? '--' : '  ';
-    out.push(`  ${state} ${s} ${(STEP_NAMES[s] ?? '').padEnd(21)} ${where}${mark}`);
+    const state = seen.has(s) ? 'ok' : unjudged.has(s) ? '??' : d.step !== null && s > d.step && d.cause !== 'delay' ? '--' : '  ';
+    const note = unjudged.has(s) && !seen.has(s) ? `not watched: ${d.not_watched!.node}` : '';
+    out.push(`  ${state} ${s} ${(STEP_NAMES[s] ?? '').padEnd(21)} ${where}${note}${mark}`.trimEnd());
   }
   out.push(`cause: ${d.cause}${d.reason ? ` (kernel: ${d.reason})` : ''}`);
   out.push(`  ${d.detail}`);

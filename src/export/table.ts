@@ -13,7 +13,11 @@ function packetLine(p: PacketPath): string {
   const what = k.tcp_flags !== undefined
     ? `seq ${k.seq} ack ${k.ack} [${k.tcp_flags}]`
     : k.icmp_type !== undefined ? `icmp type ${k.icmp_type} id ${k.icmp_id} seq ${k.icmp_seq}` : '';
-  const segs = k.gso_segs > 1 ? ` ${k.gso_segs} segs` : '';
+  // TSO/GRO regrouped the skb between the nodes: how many segments left, in how many skbs they arrived
+  const g = k.segments;
+  const segs = g
+    ? ` ${g.sent} ${g.sent === 1 ? 'segment' : 'segments'} → ${g.received_as}${g.merged ? ' (merged)' : ''}`
+    : k.gso_segs > 1 ? ` ${k.gso_segs} segs` : '';
   return `${p.direction.padEnd(7)} ${ep(k.src, k.sport)} -> ${ep(k.dst, k.dport)} ${p.flow.proto} ip-id ${k.ip_id} len ${k.len}${segs} ${what}`.trimEnd();
 }
 
@@ -22,6 +26,18 @@ function changed(from: string, to: string): string {
   const [fs, fd] = from.split(' -> ');
   const [ts, td] = to.split(' -> ');
   return [fs !== ts ? `${fs} => ${ts}` : '', fd !== td ? `${fd} => ${td}` : ''].filter(Boolean).join(', ');
+}
+
+/** "steps 6-9", "steps 1-2, 4-5", "step 6" */
+export function stepsText(steps: number[]): string {
+  const parts: string[] = [];
+  for (let i = 0; i < steps.length; i++) {
+    let j = i;
+    while (j + 1 < steps.length && steps[j + 1] === steps[j]! + 1) j++;
+    parts.push(j > i ? `${steps[i]}-${steps[j]}` : `${steps[i]}`);
+    i = j;
+  }
+  return `${steps.length === 1 ? 'step' : 'steps'} ${parts.join(', ')}`;
 }
 
 export function formatPathTable(p: PacketPath): string {
@@ -36,8 +52,11 @@ export function formatPathTable(p: PacketPath): string {
   const head = ['step', 'what', 'node', 'device', 'hook', 'latency'];
   const widths = head.map((hd, i) => Math.max(hd.length, ...rows.map((r) => r[i]!.length)));
   const line = (r: string[]) => '  ' + r.map((c, i) => (i === r.length - 1 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ');
+  const nw = p.not_watched;
   const status = p.complete
     ? `complete, ${p.steps.length} hops`
-    : `INCOMPLETE: ${p.drop?.reason ?? 'path stopped'}`;
+    : nw && !p.drop
+      ? `not watched: ${nw.node} (${nw.reason}): ${stepsText(nw.steps)}`
+      : `INCOMPLETE: ${p.drop?.reason ?? 'path stopped'}`;
   return [packetLine(p), line(head), ...rows.map(line), `  total ${formatDuration(p.total_ns)}  ${status}`, ''].join('\n');
 }

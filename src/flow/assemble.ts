@@ -1,12 +1,15 @@
 // Rebuild each packet's path from hop records: group by what the packet carries unchanged
 // end to end (docs/architecture.md#packet-identity), order by the step model, emit when the last hop is seen or after a grace time.
-import { RECORD_KIND, type HopRecord } from '../probe/layout.generated';
-import { deviceKey, type ClusterTopology, type Device, findPodByIp } from '../topology/model';
-import { FINAL_ORDER, hookPoint, presentRoles, skippedSteps, STEP_NAMES, stepOn, type Side } from '../topology/steps';
+// Across nodes, TCP data is also matched by byte range: TSO/GSO and GRO give the two nodes different skb boundaries.
+import { ORDER, RECORD_KIND, type HopRecord } from '../probe/layout.generated';
+import { type ClusterTopology, type Device, findPodByIp } from '../topology/model';
+import { FINAL_ORDER, hookPoint, ORDER_POINTS, presentRoles, skippedSteps, STEP_NAMES, stepOn, type Side } from '../topology/steps';
 import type { DeviceRole } from '../topology/model';
 import type { HopView, PacketPath } from './path';
 import type { FlowSpec } from './spec';
 import { addrString } from '../probe/addr';
+import { type ByteRange, covers, FlowRanges, overlap, seqDiff } from './byteRanges';
+import { AddrText, tcpFlags } from './headerText';
 
 interface Seen {
   order: number;
@@ -19,28 +22,81 @@ interface Seen {
 }
 
 interface Pending {
+  key: string;
   first: HopRecord;
   kernelDrop?: { reason: string; device: string | null };
   direction: 'request' | 'reply';
-  hops: Map<number, Seen>;
+  /** by order: a small array, cheaper than a Map per packet */
+  hops: (Seen | undefined)[];
   lastSeenMs: number;
+  /** the node of its source-side hops, once it has one */
+  srcNode?: string;
+  hasDst: boolean;
+  /** reached the final hook or was dropped by the kernel, but still waits for its source side */
+  ended: boolean;
+  /** emitted, or retired into another entry's path */
+  done: boolean;
+  /** TCP data on a path whose both nodes we watch: its byte range, for matching across segmentation */
+  span?: Span;
+  /** reached its final hop without a step 6 of its own: waits (grace time) for the wire skbs holding its bytes */
+  held: boolean;
+  /** gso_segs of its first source-side record (0 until one came) */
+  srcSegs: number;
 }
 
-const TCP_FLAGS = 'FSRPAUEC';
-
-function tcpFlags(bits: number): string {
-  let s = '';
-  for (let i = 0; i < 8; i++) if (bits & (1 << i)) s += TCP_FLAGS[i];
-  return s;
+/** An entry's byte range [seq, seq + len) in its flow's index, and the entries of the other side it overlaps (source entries link to destination entries and back). */
+interface Span extends ByteRange<Pending> {
+  readonly flow: TcpFlow;
+  links: Pending[];
+  /** source: bytes of it in linked destination entries that arrived; destination: bytes of it in linked source entries (sums, overlaps count twice) */
+  bytes: number;
+  /** while held for its step 6: bytes of it in wire skbs that came (a sum, as bytes) */
+  wire: number;
 }
 
-function endpoint(addr: string, port: number, proto: number): string {
-  return proto === 6 || proto === 17 ? `${addr}:${port}` : addr;
+/** One flow direction's entries by byte range. */
+class TcpFlow extends FlowRanges<Pending> {
+  /** entries held for their wire skbs: a new wire skb looks for them only when there are some */
+  held = 0;
+
+  override reset(base: number): void {
+    super.reset(base);
+    this.held = 0;
+  }
 }
+
+/** covers() rangeOf: every entry; only those whose bytes reached the pod */
+const spanOf = (p: Pending): Span => p.span!;
+const arrivedSpan = (p: Pending): Span | null => (p.hops[FINAL_ORDER] !== undefined && !p.kernelDrop ? p.span! : null);
+
+/** Where a packet seen on a device at a tc hook is on the path, per direction; null: off the path. */
+interface Where {
+  device: Device;
+  /** by direction, then by tc hook (0 ingress, 1 egress) */
+  at: Record<Direction, [Place | null, Place | null]>;
+}
+
+interface Place {
+  side: Side;
+  order: number;
+  step: number;
+  hook: 'ingress' | 'egress';
+}
+
+/** devices by netns inode, then ifindex: numbers, no key string per record */
+type DeviceTable = Map<number, Map<number, Where>>;
 
 /** What the packet carries unchanged across every hop of both nodes (not skb->hash nor tstamp). */
 export function packetKey(r: HopRecord): string {
   return `${r.flow_id}/${r.direction}/${r.ip_id}/${r.sport}/${r.dport}/${r.seq}/${r.ack}/${r.ip_len}`;
+}
+
+/** A node of the path that sends us no records (no agent there, or nettrace runs on one node alone). */
+export interface Unwatched {
+  /** where the request's pod is: 'source' for the sender's node, 'destination' for the receiver's; the reply mirrors it */
+  side: Side;
+  node: string;
+  reason: string;
 }
 
 export interface AssemblerOptions {
@@ -50,25 +106,50 @@ export interface AssemblerOptions {
   dropReason?: (reason: number) => string;
   /** when the flow's destination is a ClusterIP: the endpoints it is translated to */
   endpoints?: string[];
+  /** nodes of the path we get no records from: their paths end there as not watched, not as drops */
+  unwatched?: Unwatched[];
   now?: () => number;
 }
 
+const UNDERLAY_INGRESS: number = ORDER.UNDERLAY_INGRESS;
+
+/**
+ * A wire skb: TCP data seen on the receiving node only at its underlay ingress (step 6, before
+ * decapsulation), as the tunnel device regrouped its bytes into other skbs after it (gro_cells).
+ */
+function wireOnly(q: Pending): boolean {
+  return q.srcNode === undefined && !q.kernelDrop && q.span?.side === 'destination'
+    && q.hops.length === UNDERLAY_INGRESS + 1 && q.hops[UNDERLAY_INGRESS] !== undefined;
+}
+
+type Direction = 'request' | 'reply';
+
 export class PathAssembler {
-  private readonly devices = new Map<string, Device>();
+  private readonly devices: DeviceTable = new Map();
+  private readonly devicesByNode = new Map<string, DeviceTable>();
   private readonly pending = new Map<string, Pending>();
   private readonly podIps = new Map<string, Set<string>>();
-  private readonly sideOf: Record<'request' | 'reply', Map<string, Side>>;
+  private readonly sideOf: Record<Direction, Map<string, Side>>;
   private readonly roles = new Map<string, Set<DeviceRole>>();
+  /** the last source-side hook a node has: underlay egress, or what is left without tunnel or bridge */
+  private readonly lastSourceOrder = new Map<string, number>();
+  /** both ends of the path are on nodes we watch, so TCP data is matched by byte range across them */
+  private readonly cross: boolean;
+  /** per direction: the end of the path on a node we get no records from */
+  private readonly notWatched: Record<Direction, { source?: PacketPath['not_watched']; destination?: PacketPath['not_watched'] }>;
+  private readonly flows = new Map<string, TcpFlow>();
+  /** paths completed together with another one by add(), handed out by the next expire() */
+  private readonly ready: PacketPath[] = [];
+  private readonly addrText = new AddrText();
   private readonly now: () => number;
 
   constructor(private readonly flow: FlowSpec, topology: ClusterTopology, private readonly opts: AssemblerOptions) {
     this.now = opts.now ?? Date.now;
     for (const n of topology.nodes) {
-      this.roles.set(n.name, presentRoles(n));
+      const roles = presentRoles(n);
+      this.roles.set(n.name, roles);
+      this.lastSourceOrder.set(n.name, Math.max(...ORDER_POINTS.filter((o) => o.side === 'source' && roles.has(o.role)).map((o) => o.order)));
       for (const p of n.pods) this.podIps.set(p.name, new Set(p.ips));
-      for (const d of [n.underlay, n.tunnel, n.bridge, ...n.pods.flatMap((p) => [p.hostVeth, p.eth])]) {
-        if (d) this.devices.set(deviceKey(d.netns.ino, d.ifindex), d);
-      }
     }
     // The sender's node is the source side of a request; the reply's sides are mirrored.
     const srcNode = findPodByIp(topology, flow.src)?.node;
@@ -80,58 +161,217 @@ export class PathAssembler {
       return m;
     };
     this.sideOf = { request: sides(srcNode, dstNode), reply: sides(dstNode, srcNode) };
+    for (const n of topology.nodes) {
+      const own: DeviceTable = new Map();
+      this.devicesByNode.set(n.name, own);
+      for (const d of [n.underlay, n.tunnel, n.bridge, ...n.pods.flatMap((p) => [p.hostVeth, p.eth])]) {
+        if (!d) continue;
+        const w: Where = { device: d, at: { request: this.places(d, 'request'), reply: this.places(d, 'reply') } };
+        for (const t of [this.devices, own]) {
+          let byIndex = t.get(d.netns.ino);
+          if (!byIndex) t.set(d.netns.ino, (byIndex = new Map()));
+          byIndex.set(d.ifindex, w);
+        }
+      }
+    }
+
+    const u = (side: Side): PacketPath['not_watched'] => {
+      const w = opts.unwatched?.find((x) => x.side === side);
+      if (!w) return undefined;
+      return { node: w.node, reason: w.reason, steps: this.stepsOn(w.node, side) };
+    };
+    const mirror = (s: PacketPath['not_watched'], side: Side): PacketPath['not_watched'] =>
+      s && { ...s, steps: this.stepsOn(s.node, side) };
+    const reqSrc = u('source');
+    const reqDst = u('destination');
+    this.notWatched = {
+      request: { source: reqSrc, destination: reqDst },
+      reply: { source: mirror(reqDst, 'source'), destination: mirror(reqSrc, 'destination') },
+    };
+    this.cross = !!srcNode && !!dstNode && srcNode !== dstNode && !reqSrc && !reqDst;
   }
 
-  /** Take one record; returns the path when this record completed it. */
-  add(r: HopRecord): PacketPath | null {
-    if (r.kind === RECORD_KIND.DROP) return this.dropped(r);
-    const device = this.devices.get(deviceKey(r.netns_ino, r.ifindex));
-    if (!device) return null;
+  /** The steps a side's node holds; those its mode does not have are left out when we know the node. */
+  private stepsOn(node: string, side: Side): number[] {
+    const all = side === 'source' ? [1, 2, 3, 4, 5] : [6, 7, 8, 9];
+    const roles = this.roles.get(node);
+    if (!roles) return all;
+    const skipped = new Set(skippedSteps(side, roles).map((s) => s.step));
+    return all.filter((s) => !skipped.has(s));
+  }
+
+  /** A device's place on the path at each tc hook, for one direction. */
+  private places(d: Device, direction: Direction): [Place | null, Place | null] {
+    const side = this.sideOf[direction].get(d.node);
+    return (['ingress', 'egress'] as const).map((hook) => {
+      const point = side && hookPoint(side, d.role, hook);
+      if (!side || !point) return null;
+      const step = stepOn(side, d.role, hook, this.roles.get(d.node) ?? new Set()) ?? point.step;
+      return { side, order: point.order, step, hook };
+    }) as [Place | null, Place | null];
+  }
+
+  private where(r: HopRecord, node: string | undefined): Where | undefined {
+    const t = node === undefined ? this.devices : this.devicesByNode.get(node);
+    return t?.get(r.netns_ino)?.get(r.ifindex);
+  }
+
+  /**
+   * Take one record; returns the path when this record completed it. `node` is the node the record
+   * comes from (NodeTopology.name): its device is looked up among that node's devices only, as
+   * (netns inode, ifindex) is unique only inside one kernel. A record that completes several paths
+   * at once (GRO merged several sent skbs) returns the first; expire() hands out the others.
+   */
+  add(r: HopRecord, node?: string): PacketPath | null {
+    const out = this.addRecord(r, node);
+    for (let i = 1; i < out.length; i++) this.ready.push(out[i]!);
+    return out[0] ?? null;
+  }
+
+  /** Take one record; returns every path it completed. */
+  addRecord(r: HopRecord, node?: string): PacketPath[] {
+    const out: PacketPath[] = [];
+    if (r.kind === RECORD_KIND.DROP) {
+      this.dropped(r, node, out);
+      return out;
+    }
+    const w = this.where(r, node);
+    if (!w) return out;
     const direction = r.direction === 0 ? 'request' : 'reply';
-    const side = this.sideOf[direction].get(device.node);
-    if (!side) return null;
+    const point = w.at[direction][r.hook === 0 ? 0 : 1];
+    if (!point) return out;
+    const device = w.device;
+    const side = point.side;
     // a pod-side device belongs to the path only for the pod at that end
-    if (device.pod && !this.podIps.get(device.pod)?.has(addrString(side === 'source' ? r.saddr : r.daddr, r.family))) return null;
-    const hook = r.hook === 0 ? 'ingress' : 'egress';
-    const point = hookPoint(side, device.role, hook);
-    if (!point) return null;
+    if (device.pod && !this.podIps.get(device.pod)?.has(addrString(side === 'source' ? r.saddr : r.daddr, r.family))) return out;
     const key = packetKey(r);
+    const now = this.now();
+    let wire = false;
     let p = this.pending.get(key);
     if (!p) {
-      p = { first: r, direction, hops: new Map(), lastSeenMs: this.now() };
+      // every field set here, in one order: one object shape for all entries
+      p = {
+        key, first: r, kernelDrop: undefined, direction, hops: [], lastSeenMs: now, srcNode: undefined, hasDst: false, ended: false, done: false,
+        span: undefined, held: false, srcSegs: 0,
+      };
       this.pending.set(key, p);
+      if (this.cross && r.proto === 6 && r.payload_len > 0) {
+        this.index(p, side, r);
+        // a wire skb may hold the missing bytes of a path held for its step 6
+        if (point.order === UNDERLAY_INGRESS && side === 'destination') wire = true;
+      }
     }
-    const step = stepOn(side, device.role, hook, this.roles.get(device.node) ?? new Set()) ?? point.step;
-    const addrs = `${endpoint(addrString(r.saddr, r.family), r.sport, r.proto)} -> ${endpoint(addrString(r.daddr, r.family), r.dport, r.proto)}`;
-    if (!p.hops.has(point.order)) p.hops.set(point.order, { order: point.order, step, device, hook, ts: r.ts_ns, addrs });
-    p.lastSeenMs = this.now();
-    if (point.order === FINAL_ORDER) {
-      this.pending.delete(key);
-      return this.build(p, true);
+    if (p.hops[point.order] === undefined) p.hops[point.order] = { order: point.order, step: point.step, device, hook: point.hook, ts: r.ts_ns, addrs: this.addrText.of(r) };
+    p.lastSeenMs = now;
+    const nw = this.notWatched[direction];
+    if (side === 'source') {
+      if (p.srcNode === undefined) {
+        p.srcNode = device.node;
+        p.srcSegs = Math.max(1, r.gso_segs);
+      }
+      if (nw.destination && point.order === this.lastSourceOrder.get(device.node) && !p.hasDst) {
+        // the rest of the path is on a node we do not watch: ours ends here
+        this.finish(p);
+        out.push(this.build(p, false, { drop: null, notWatched: nw.destination }));
+      } else if (p.ended && p.hasDst && this.sourceDone(p)) {
+        // the receiving node's hops came first; now the sending node's are all here
+        if (p.kernelDrop) {
+          this.finish(p);
+          out.push(this.build(p, false));
+        } else {
+          this.arrived(p, out);
+        }
+      } else if (p.span?.side === 'source') {
+        this.trySource(p, out);
+      }
+      return out;
     }
-    return null;
+    p.hasDst = true;
+    // bytes of a linked source entry are still moving: it waits for them
+    if (p.span) for (const s of p.span.links) s.lastSeenMs = now;
+    if (wire) this.wireArrived(p, out);
+    if (point.order !== FINAL_ORDER || p.ended) return out;
+    p.ended = true;
+    if (nw.source && p.srcNode === undefined) {
+      this.finish(p);
+      out.push(this.build(p, false, { drop: null, notWatched: nw.source }));
+    } else if (p.srcNode !== undefined && p.span && !this.sourceDone(p)) {
+      // TCP data, as a linked source entry does: the sending node's last hooks may still come over its
+      // own stream; they finish the path, or the grace time does
+    } else if (p.srcNode !== undefined && p.span) {
+      this.arrived(p, out);
+    } else if (p.srcNode !== undefined || (!p.span && !this.cross)) {
+      this.finish(p);
+      out.push(this.build(p, true));
+    } else if (!p.span) {
+      // seen only on the receiving node so far while the sending node is watched too: its records
+      // may still come (another machine's stream); they finish the path, or the grace time does
+    } else {
+      // TCP data seen only on the receiving node so far: its bytes belong to the source entries it overlaps
+      this.destinationEnded(p, out);
+    }
+    return out;
   }
 
   /** The kernel freed a packet of the flow: its path ends here, with the kernel's reason. */
-  private dropped(r: HopRecord): PacketPath | null {
+  private dropped(r: HopRecord, node: string | undefined, out: PacketPath[]): void {
     const key = packetKey(r);
     const p = this.pending.get(key);
-    if (!p) return null; // died before the first hook: nothing to place it on
-    this.pending.delete(key);
+    if (!p) return; // died before the first hook: nothing to place it on
+    // freed after it reached the pod (no socket took it, or a raw socket had a copy): the path is whole
+    if (p.hops[FINAL_ORDER] !== undefined || p.held) return;
     const reason = this.opts.dropReason?.(r.reason) ?? `reason ${r.reason}`;
-    p.kernelDrop = { reason, device: this.devices.get(deviceKey(r.netns_ino, r.ifindex))?.name ?? null };
-    return this.build(p, false);
+    if (p.span && p.srcNode === undefined) {
+      // a destination entry: its source entries (or, unlinked, the grace time) report it
+      if (p.ended) return;
+      p.kernelDrop = { reason, device: this.where(r, node)?.device.name ?? null };
+      p.ended = true;
+      p.lastSeenMs = this.now();
+      this.destinationEnded(p, out);
+      return;
+    }
+    this.finish(p);
+    p.kernelDrop = { reason, device: this.where(r, node)?.device.name ?? null };
+    out.push(this.build(p, false));
   }
 
   /** Paths whose next hop has not come within the grace time (all of them with force). */
   expire(force = false): PacketPath[] {
-    const out: PacketPath[] = [];
+    const out = this.ready.splice(0);
     const limit = this.now() - this.opts.graceMs;
-    for (const [key, p] of this.pending) {
-      if (force || p.lastSeenMs <= limit) {
-        this.pending.delete(key);
-        out.push(this.build(p, false));
+    const wires: Pending[] = [];
+    for (const p of this.pending.values()) {
+      if (!force && p.lastSeenMs > limit) continue;
+      const sp = p.span;
+      // a wire skb of no sent skb: last, as a path expiring now may still take it as its step 6
+      if (sp && sp.links.length === 0 && wireOnly(p)) {
+        wires.push(p);
+        continue;
       }
+      const held = p.held;
+      this.finish(p);
+      if (held) {
+        // its wire skbs did not all come: emitted with those that did (or none, as before)
+        out.push(p.hasDst ? this.build(p, true) : this.buildLinked(p, true, null));
+      } else if (sp && p.srcNode === undefined) {
+        // linked: its bytes are in its source entries' paths; alone: a path seen only on the receiving node
+        if (sp.links.length === 0) out.push(this.build(p, p.hops[FINAL_ORDER] !== undefined && !p.kernelDrop));
+      } else if (sp?.side === 'source' && !p.hasDst && sp.links.length > 0) {
+        const f = this.fate(p);
+        out.push(this.buildLinked(p, f.arrived >= sp.len, f.drop));
+      } else {
+        out.push(this.build(p, p.hops[FINAL_ORDER] !== undefined && !p.kernelDrop));
+      }
+    }
+    for (const w of wires) {
+      if (w.done) continue; // taken by a path above
+      if (!force && this.pathMayTake(w)) continue;
+      this.finish(w);
+      out.push(this.build(w, false));
+    }
+    for (const [k, fi] of this.flows) {
+      if (fi.empty) this.flows.delete(k);
+      else fi.compact();
     }
     return out;
   }
@@ -140,9 +380,260 @@ export class PathAssembler {
     return this.pending.size;
   }
 
-  private build(p: Pending, complete: boolean): PacketPath {
+  private finish(p: Pending): void {
+    p.done = true;
+    if (this.pending.get(p.key) === p) this.pending.delete(p.key);
+    const sp = p.span;
+    if (p.held) {
+      p.held = false;
+      if (sp && sp.flow.held > 0) sp.flow.held--;
+    }
+    // out of the index as it is done: lookups never yield a done entry
+    sp?.flow.remove(sp);
+  }
+
+  private sourceDone(p: Pending): boolean {
+    return p.srcNode !== undefined && p.hops[this.lastSourceOrder.get(p.srcNode) ?? ORDER.UNDERLAY_EGRESS] !== undefined;
+  }
+
+  // ---- byte ranges (docs/architecture.md#packet-identity: GSO/TSO/GRO) ----
+
+  /** Put a new TCP data entry in its flow's index and link it to the other side's entries it overlaps. */
+  private index(p: Pending, side: Side, r: HopRecord): void {
+    const fk = `${r.flow_id}/${r.direction}/${r.sport}/${r.dport}`;
+    let fi = this.flows.get(fk);
+    if (!fi) this.flows.set(fk, (fi = new TcpFlow(r.seq)));
+    else if (fi.empty) fi.reset(r.seq);
+    // every field set here, in one order: one object shape for all spans (add() sets rel)
+    const sp: Span = { entry: p, flow: fi, side, seq: r.seq, len: r.payload_len, rel: 0, indexed: true, links: [], bytes: 0, wire: 0 };
+    p.span = sp;
+    fi.add(sp, this.linkNew);
+    if (side === 'source') for (const d of sp.links) this.maybeRetire(d);
+  }
+
+  /** add()'s callback for every new entry (one function, not one per record): q, of the other side, overlaps r */
+  private readonly linkNew = (q: Pending, r: ByteRange<Pending>): void => {
+    if (r.side === 'source') this.link(r.entry, q);
+    else this.link(q, r.entry);
+  };
+
+  private link(s: Pending, d: Pending): void {
+    const ss = s.span!;
+    const ds = d.span!;
+    ss.links.push(d);
+    ds.links.push(s);
+    const n = overlap(ss, ds);
+    ds.bytes += n;
+    if (d.hops[FINAL_ORDER] !== undefined && !d.kernelDrop) ss.bytes += n;
+  }
+
+  /** A destination entry reached the pod or was dropped: its source entries may be done, it may be too. */
+  private destinationEnded(d: Pending, out: PacketPath[]): void {
+    const ds = d.span!;
+    if (!d.kernelDrop) for (const s of ds.links) s.span!.bytes += overlap(s.span!, ds);
+    for (const s of ds.links) this.trySource(s, out);
+    this.maybeRetire(d);
+  }
+
+  /** An ended destination entry whose bytes all belong to linked source entries has nothing left to wait for. */
+  private maybeRetire(d: Pending): void {
+    const ds = d.span!;
+    if (!d.ended || d.done || ds.bytes < ds.len) return;
+    if (covers(ds, ds.links, spanOf)) this.finish(d);
+  }
+
+  /** Emit a source entry once its node's hops are all here and its bytes all arrived (or some were dropped). */
+  private trySource(s: Pending, out: PacketPath[]): void {
+    const sp = s.span;
+    if (s.done || s.held || s.hasDst || !sp || sp.side !== 'source' || sp.links.length === 0 || !this.sourceDone(s)) return;
+    if (sp.bytes >= sp.len && covers(sp, sp.links, arrivedSpan)) {
+      this.arrived(s, out);
+    } else if (sp.links.some((d) => d.kernelDrop)) {
+      const f = this.fate(s);
+      this.finish(s);
+      out.push(this.buildLinked(s, f.arrived >= sp.len, f.drop));
+    }
+  }
+
+  /**
+   * What became of each byte of a source entry: how many arrived, and where the others were last seen
+   * (a kernel drop first, else the hop that got least far).
+   */
+  private fate(s: Pending): { arrived: number; drop: PacketPath['drop'] } {
+    const sp = s.span!;
+    const links = sp.links.map((d) => {
+      const a = seqDiff(d.span!.seq, sp.seq);
+      return { d, a, b: a + d.span!.len, last: lastHop(d) };
+    });
+    const cuts = [...new Set([0, sp.len, ...links.flatMap((l) => [l.a, l.b]).filter((x) => x > 0 && x < sp.len)])].sort((x, y) => x - y);
+    const srcLast = lastHop(s);
+    let arrived = 0;
+    let kernelD: Pending | undefined;
+    let kernelBytes = 0;
+    const lost = new Map<Seen, number>();
+    for (let i = 0; i + 1 < cuts.length; i++) {
+      const x = cuts[i]!;
+      const y = cuts[i + 1]!;
+      const on = links.filter((l) => l.a <= x && l.b >= y);
+      if (on.some((l) => l.d.hops[FINAL_ORDER] !== undefined && !l.d.kernelDrop)) arrived += y - x;
+      else if (on.some((l) => l.d.kernelDrop)) {
+        const d = on.find((l) => l.d.kernelDrop)!.d;
+        kernelD ??= d;
+        if (kernelD === d) kernelBytes += y - x;
+      } else {
+        const furthest = on.map((l) => l.last).filter((h): h is Seen => !!h).reduce<Seen | undefined>((m, h) => (!m || h.order > m.order ? h : m), undefined) ?? srcLast;
+        if (furthest) lost.set(furthest, (lost.get(furthest) ?? 0) + y - x);
+      }
+    }
+    if (arrived >= sp.len) return { arrived, drop: null };
+    const of = (n: number) => `: ${n} of ${sp.len} bytes`;
+    if (kernelD) {
+      const h = lastHop(kernelD)!;
+      const kd = kernelD.kernelDrop!;
+      return { arrived, drop: {
+        step: h.step, device: h.device.name, node: h.device.node,
+        reason: `dropped by the kernel (${kd.reason}) after ${h.device.name} ${h.hook} (step ${h.step}, ${STEP_NAMES[h.step]})${of(kernelBytes)}`,
+        kernel_reason: kd.reason, ...(kd.device ? { dropped_on: kd.device } : {}),
+      } };
+    }
+    const [h, n] = [...lost].reduce((m, e) => (e[0].order < m[0].order ? e : m));
+    return { arrived, drop: {
+      step: h.step, device: h.device.name, node: h.device.node,
+      reason: `not seen after ${h.device.name} ${h.hook} (step ${h.step}, ${STEP_NAMES[h.step]})${of(n)}`,
+    } };
+  }
+
+  /** The destination entry holding a linked source entry's first byte: the one that arrived, else the one that got furthest. */
+  private firstDest(s: Pending): Pending | undefined {
+    const sp = s.span!;
+    let dest: Pending | undefined;
+    for (const d of sp.links) {
+      const a = seqDiff(d.span!.seq, sp.seq);
+      if (a > 0 || a + d.span!.len <= 0) continue;
+      const rank = (x: Pending) => (x.hops[FINAL_ORDER] !== undefined && !x.kernelDrop ? 100 : 0) + (lastHop(x)?.order ?? 0);
+      if (!dest || rank(d) > rank(dest)) dest = d;
+    }
+    return dest;
+  }
+
+  // ---- wire skbs: the receiving node's boundaries change between step 6 and step 7 ----
+  // (GRO, or none, at the underlay; the tunnel device regroups the inner packets after decapsulation)
+
+  /**
+   * A TCP data path reached its final hop (both ends here, all bytes arrived). Without a step 6 of its
+   * own, its bytes crossed the underlay ingress in other skbs: emitted once those cover all its bytes,
+   * else held (the grace time from now) as they may still come over the other node's stream.
+   */
+  private arrived(p: Pending, out: PacketPath[]): void {
+    const sp = p.span;
+    const dest = p.hasDst || !sp ? undefined : this.firstDest(p);
+    const wire = sp && p.hops[UNDERLAY_INGRESS] === undefined && dest?.hops[UNDERLAY_INGRESS] === undefined ? this.wireFor(p) : null;
+    if (sp && wire && !covers(sp, wire, spanOf)) {
+      sp.wire = wire.reduce((n, w) => n + overlap(sp, w.span!), 0);
+      if (!p.held) {
+        p.held = true;
+        sp.flow.held++;
+        p.lastSeenMs = this.now();
+      }
+      return;
+    }
+    this.finish(p);
+    out.push(p.hasDst ? this.build(p, true) : this.buildLinked(p, true, null));
+  }
+
+  /** A new wire skb: the held paths whose bytes it holds may now have all their step 6. */
+  private wireArrived(w: Pending, out: PacketPath[]): void {
+    const ws = w.span!;
+    if (ws.flow.held === 0) return;
+    const held: Pending[] = [];
+    // held linked sources are linked to it already; held exact entries the receiving node started are in the destination list
+    for (const s of ws.links) if (s.held) held.push(s);
+    ws.flow.overlapping('destination', ws, (q) => { if (q.held) held.push(q); });
+    for (const q of held) {
+      const qs = q.span!;
+      qs.wire += overlap(qs, ws);
+      // look at the boundaries only once the sum says its bytes may all be there
+      if (q.held && qs.wire >= qs.len) this.arrived(q, out);
+    }
+  }
+
+  /** The wire skbs holding bytes of p, in seq order: linked to it (a source entry), or in the destination index. */
+  private wireFor(p: Pending): Pending[] {
+    const sp = p.span!;
+    const found: Pending[] = [];
+    const take = (q: Pending) => {
+      if (q !== p && wireOnly(q) && overlap(sp, q.span!) > 0 && !found.includes(q)) found.push(q);
+    };
+    if (sp.side === 'source') for (const q of sp.links) take(q);
+    sp.flow.overlapping('destination', sp, take);
+    return found.sort((x, y) => seqDiff(x.span!.seq, sp.seq) - seqDiff(y.span!.seq, sp.seq));
+  }
+
+  /** An unlinked wire skb whose bytes a live path of the receiving node still holds: that path takes it when it is emitted. */
+  private pathMayTake(w: Pending): boolean {
+    let live = false;
+    w.span!.flow.overlapping('destination', w.span!, (q) => { live ||= q !== w && !wireOnly(q); });
+    return live;
+  }
+
+  /**
+   * Step 6 of a TCP data path that has hops after decapsulation but no underlay ingress hop of its own:
+   * from its wire skbs, the one holding its first byte (else the first by seq, when that one's record is
+   * missing). They are taken: retired, not reported on their own.
+   */
+  private wireStep(p: Pending, dest: Pending | undefined): { hop: Seen; segments: NonNullable<PacketPath['packet']['segments']> | undefined } | null {
+    const sp = p.span;
+    if (!this.cross || !sp || p.hops[UNDERLAY_INGRESS] !== undefined || dest?.hops[UNDERLAY_INGRESS] !== undefined) return null;
+    let after = false;
+    for (let o = UNDERLAY_INGRESS + 1; o < ORDER.COUNT && !after; o++) after = (p.hops[o] ?? dest?.hops[o]) !== undefined;
+    if (!after) return null;
+    const wire = this.wireFor(p);
+    if (wire.length === 0) return null;
+    for (const w of wire) if (!w.done) this.finish(w);
+    const at = (w: Pending) => seqDiff(w.span!.seq, sp.seq);
+    const first = wire.find((w) => at(w) <= 0 && at(w) + w.span!.len > 0) ?? wire[0]!;
+    const hop = first.hops[UNDERLAY_INGRESS]!;
+    const same = wire.length === 1 && at(first) === 0 && first.span!.len === sp.len;
+    return {
+      hop,
+      segments: same ? undefined : {
+        sent: Math.max(1, p.srcSegs || p.first.gso_segs),
+        received_as: wire.length,
+        node: hop.device.node,
+        merged: wire.some((w) => at(w) < 0 || at(w) + w.span!.len > sp.len),
+      },
+    };
+  }
+
+  /** A source entry's path: its own hops, then those of the destination entry holding its first byte. */
+  private buildLinked(s: Pending, complete: boolean, drop: PacketPath['drop']): PacketPath {
+    const sp = s.span!;
+    const dest = this.firstDest(s);
+    const one = sp.links.length === 1 ? sp.links[0]!.span! : null;
+    const same = one !== null && one.seq === sp.seq && one.len === sp.len;
+    const segments = same ? undefined : {
+      sent: Math.max(1, s.first.gso_segs),
+      received_as: sp.links.length,
+      node: lastHop(dest ?? sp.links[0]!)?.device.node ?? '',
+      merged: sp.links.some((d) => {
+        const a = seqDiff(d.span!.seq, sp.seq);
+        return a < 0 || a + d.span!.len > sp.len;
+      }),
+    };
+    return this.build(s, complete, { dest, segments, drop });
+  }
+
+  private build(p: Pending, complete: boolean, x: {
+    dest?: Pending; segments?: NonNullable<PacketPath['packet']['segments']>; drop?: PacketPath['drop']; notWatched?: PacketPath['not_watched'];
+  } = {}): PacketPath {
     const r = p.first;
-    const hops = [...p.hops.values()].sort((a, b) => a.order - b.order);
+    const wire = this.wireStep(p, x.dest);
+    // in order, not by time: clocks of two nodes may disagree
+    const hops: Seen[] = [];
+    for (let o = 0; o < ORDER.COUNT; o++) {
+      const h = p.hops[o] ?? x.dest?.hops[o] ?? (o === UNDERLAY_INGRESS ? wire?.hop : undefined);
+      if (h) hops.push(h);
+    }
     let prev = hops[0]?.ts ?? 0;
     const steps: HopView[] = hops.map((h) => {
       const view: HopView = {
@@ -162,6 +653,9 @@ export class PathAssembler {
     };
     if (r.proto === 6) Object.assign(packet, { seq: r.seq, ack: r.ack, tcp_flags: tcpFlags(r.tcp_flags) });
     if (r.proto === 1 || r.proto === 58) Object.assign(packet, { icmp_type: r.icmp_type, icmp_id: r.sport, icmp_seq: r.seq });
+    // the regrouping at step 6 when the wire skbs had their own boundaries, else the one the linked destination entries show
+    const segments = wire ? wire.segments : x.segments;
+    if (segments) packet.segments = segments;
     const last = hops[hops.length - 1];
     // a Service's DNAT (or the reply's reverse NAT) shows as the addresses changing between two hops
     const translations = hops.slice(1).flatMap((h, i) => (h.addrs === hops[i]!.addrs ? [] : [{
@@ -171,6 +665,13 @@ export class PathAssembler {
       const side = this.sideOf[p.direction].get(node);
       return side ? skippedSteps(side, this.roles.get(node) ?? new Set()).map((s) => ({ step: s.step, name: STEP_NAMES[s.step] ?? '', node, reason: s.reason })) : [];
     });
+    const drop: PacketPath['drop'] = x.drop !== undefined ? x.drop : complete || !last ? null : {
+      step: last.step, device: last.device.name, node: last.device.node,
+      reason: p.kernelDrop
+        ? `dropped by the kernel (${p.kernelDrop.reason}) after ${last.device.name} ${last.hook} (step ${last.step}, ${STEP_NAMES[last.step]})`
+        : `not seen after ${last.device.name} ${last.hook} (step ${last.step}, ${STEP_NAMES[last.step]})`,
+      ...(p.kernelDrop ? { kernel_reason: p.kernelDrop.reason, ...(p.kernelDrop.device ? { dropped_on: p.kernelDrop.device } : {}) } : {}),
+    };
     return {
       flow: { src: f.src, sport: f.sport, dst: f.dst, dport: f.dport, proto: f.proto },
       direction: p.direction,
@@ -180,13 +681,14 @@ export class PathAssembler {
       ...(translations.length ? { translations } : {}),
       total_ns: steps.reduce((s, h) => s + h.latency_ns, 0),
       complete,
-      drop: complete || !last ? null : {
-        step: last.step, device: last.device.name, node: last.device.node,
-        reason: p.kernelDrop
-          ? `dropped by the kernel (${p.kernelDrop.reason}) after ${last.device.name} ${last.hook} (step ${last.step}, ${STEP_NAMES[last.step]})`
-          : `not seen after ${last.device.name} ${last.hook} (step ${last.step}, ${STEP_NAMES[last.step]})`,
-        ...(p.kernelDrop ? { kernel_reason: p.kernelDrop.reason, ...(p.kernelDrop.device ? { dropped_on: p.kernelDrop.device } : {}) } : {}),
-      },
+      drop,
+      ...(x.notWatched ? { not_watched: x.notWatched } : {}),
     };
   }
+}
+
+function lastHop(p: Pending): Seen | undefined {
+  let m: Seen | undefined;
+  for (const h of p.hops) if (h && (!m || h.order > m.order)) m = h;
+  return m;
 }

@@ -12,6 +12,11 @@ export interface HopView {
   ts_ns: number;
   /** since the previous hop; 0 for the first */
   latency_ns: number;
+  /**
+   * when the hop came from another machine's agent: the clock correction applied to its ts_ns
+   * (set by the caller that placed the node's clock, not by the assembler)
+   */
+  clock?: { node: string; correction_ns: number; uncertainty_ns: number; method: string };
 }
 
 export interface PacketPath {
@@ -22,6 +27,21 @@ export interface PacketPath {
     ip_id: number; len: number; payload_len: number;
     seq?: number; ack?: number; tcp_flags?: string; icmp_type?: number; icmp_id?: number; icmp_seq?: number;
     gso_segs: number; vni?: number;
+    /**
+     * TSO/GSO on the sending node and GRO on the receiving node cut this skb's bytes into other skbs
+     * (matched by TCP byte range, docs/architecture.md#packet-identity); absent when the boundaries did not change
+     */
+    segments?: {
+      /** segments the sending node's skb carried (its gso_segs) */
+      sent: number;
+      // One meaning when the receiving node regroups twice (none or GRO at the underlay, gro_cells after decapsulation): the skbs at step 6.
+      /** the receiving node's skbs that hold its bytes where it first saw them: its underlay ingress (step 6), else its first hook after */
+      received_as: number;
+      /** the receiving node, where they were regrouped */
+      node: string;
+      /** those skbs also hold bytes of other skbs of the sender (GRO merged them) */
+      merged: boolean;
+    };
   };
   steps: HopView[];
   /** steps this CNI mode does not have (host-gw: 5 and 7, "no encapsulation"); absent when none */
@@ -38,4 +58,9 @@ export interface PacketPath {
     /** the device the kernel had the packet on when it dropped it */
     dropped_on?: string;
   };
+  /**
+   * the other end of the path is on a node nettrace gets no records from: the path stops there with
+   * complete false and drop null; the steps on that node
+   */
+  not_watched?: { node: string; reason: string; steps: number[] };
 }

@@ -21,6 +21,8 @@ export interface Diagnosis {
   next: string;
   /** per-step latency of a complete probe, as follow prints it */
   steps: HopView[];
+  /** steps on a node nothing watched (no agent there): not judged, neither healthy nor broken */
+  not_watched?: { node: string; reason: string; steps: number[] };
 }
 
 export interface DiagnoseInput {
@@ -77,7 +79,9 @@ function whyStopped(p: PacketPath, input: DiagnoseInput): Diagnosis | null {
 }
 
 export function diagnose(input: DiagnoseInput): Diagnosis {
-  const complete = input.paths.filter((p) => p.complete);
+  // a probe that crossed every step we watch, up to a node nothing watches, is judged on those steps
+  const complete = input.paths.filter((p) => p.complete || (!p.drop && p.not_watched));
+  const unjudged = complete.find((p) => p.not_watched)?.not_watched;
   const stopped = input.paths.filter((p) => !p.complete && p.drop);
   const steps = (complete.find((p) => p.direction === 'request') ?? complete[0])?.steps ?? [];
 
@@ -135,6 +139,14 @@ export function diagnose(input: DiagnoseInput): Diagnosis {
     };
   }
   const total = median(complete.map((p) => p.total_ns));
+  if (unjudged) {
+    const range = `${unjudged.steps[0]}-${unjudged.steps[unjudged.steps.length - 1]}`;
+    return {
+      healthy: true, step: null, step_name: null, node: null, device: null, reason: null, cause: 'none',
+      detail: `all ${complete.length} probe packets crossed every step watched; steps ${range} on ${unjudged.node} are not watched (${unjudged.reason}): they cannot be judged`,
+      next: `to judge steps ${range}, run an agent on ${unjudged.node} and trace with --agents`, steps, not_watched: unjudged,
+    };
+  }
   return {
     healthy: true, step: null, step_name: null, node: null, device: null, reason: null, cause: 'none',
     detail: `all ${complete.length} probe packets crossed every step; median path ${ms(total)}`, next: 'nothing to fix on the path', steps,

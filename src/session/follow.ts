@@ -1,11 +1,13 @@
 // follow as a session: attach to every device of the cluster's nodes, rebuild each packet's
 // path of the flow, and hand out typed events (ready, path, warning). It prints nothing:
 // the CLI formats the events, diagnose judges them, a benchmark counts them.
-import { PathAssembler } from '../flow/assemble';
+import { PathAssembler, type AssemblerOptions } from '../flow/assemble';
+import { checkReach } from '../topology/inspect';
+import { findPodByIp } from '../topology/model';
 import type { PacketPath } from '../flow/path';
 import type { FlowSpec } from '../flow/spec';
 import type { AttachMechanism } from '../probe/attach';
-import { requireFlowPods, serviceAt, type ClusterView } from './cluster';
+import { nodeNames, requireFlowPods, serviceAt, type ClusterView } from './cluster';
 import { dropReasonName, openLocalFeed } from './localFeed';
 import { pathLoop } from './pathLoop';
 
@@ -19,10 +21,9 @@ export interface ReadyEvent {
   atNs: number;
 }
 
-export interface FollowSessionOptions {
+/** What every follow takes, wherever its records come from. */
+export interface FollowRequestOptions {
   flow: FlowSpec;
-  cluster: ClusterView;
-  attach: AttachMechanism;
   /** report a path incomplete when its next hop has not come in this time */
   graceMs: number;
   /** stop after this many paths */
@@ -33,10 +34,32 @@ export interface FollowSessionOptions {
   onWarning?(message: string): void;
 }
 
+export interface FollowSessionOptions extends FollowRequestOptions {
+  cluster: ClusterView;
+  attach: AttachMechanism;
+}
+
 export interface FollowSession {
   /** resolves with the number of paths handed out, once count, timeout or stop() ends it */
   done: Promise<number>;
   stop(): void;
+}
+
+/**
+ * An end of the flow that is no pod of these nodes (one real node traced alone): the path is
+ * followed to where it leaves, and the rest is named after the node the route leads to.
+ */
+function elsewhere(view: ClusterView, f: FlowSpec, endpoints: { ip: string }[]): AssemblerOptions['unwatched'] {
+  const topology = view.topology;
+  const src = findPodByIp(topology, f.src);
+  const dst = findPodByIp(topology, f.dst) ?? endpoints.map((e) => findPodByIp(topology, e.ip)).find(Boolean);
+  if ((src && dst) || (!src && !dst)) return [];
+  const [here, there] = src ? [src, endpoints[0]?.ip ?? f.dst] : [dst!, f.src];
+  const node = topology.nodes.find((n) => n.name === here.node)!;
+  const reach = checkReach(node, there);
+  const next = reach.fdb?.dst ?? reach.route?.gateway ?? null;
+  const reason = `${there} is not a pod of ${nodeNames(view)}; the rest of the path is on another node${next ? ` (routed via ${reach.route!.dev} to ${next})` : ''}: trace it with --agents`;
+  return [{ side: src ? 'destination' : 'source', node: next ?? 'another node', reason }];
 }
 
 export function startFollow(opts: FollowSessionOptions): FollowSession {
@@ -51,12 +74,13 @@ export function startFollow(opts: FollowSessionOptions): FollowSession {
     modes: [...new Set(topology.nodes.map((n) => n.cni))], atNs: Number(process.hrtime.bigint()),
   });
 
-  const assembler = new PathAssembler(f, topology, { graceMs: opts.graceMs, endpoints: endpoints.map((e) => e.ip), dropReason: dropReasonName });
+  const assembler = new PathAssembler(f, topology, {
+    graceMs: opts.graceMs, endpoints: endpoints.map((e) => e.ip), dropReason: dropReasonName, unwatched: elsewhere(opts.cluster, f, endpoints),
+  });
   const loop = pathLoop({
     count: opts.count ?? null, timeoutS: opts.timeoutS ?? null, onPath: opts.onPath,
     poll: () => feed.drain((r) => {
-      const p = assembler.add(r);
-      if (p) loop.emit(p);
+      for (const p of assembler.addRecord(r)) loop.emit(p);
     }),
     expire: (force) => assembler.expire(force),
     release: () => feed.detach(),

@@ -9,7 +9,7 @@ import { testRun } from '../../src/libbpf';
 import { AgentProbe } from '../../src/probe/agentProbe';
 import { decodeHopRecord, HOOK, ORDER, RECORD_KIND, type HopRecord } from '../../src/probe/layout.generated';
 import { ether, ipBytes, ipv4, ipv6, vxlan, type L4 } from '../helpers/packets';
-import { isRoot } from '../helpers/privileged';
+import { bpfSkipReason } from '../helpers/privileged';
 
 const TC_ACT_UNSPEC = -1;
 const NT_F_ENCAP = 1;
@@ -18,12 +18,7 @@ const B = '10.244.2.8';
 const ORDERS = Array.from({ length: ORDER.COUNT }, (_, i) => i);
 let probe: AgentProbe;
 
-function skipReason(): string | false {
-  if (isRoot()) return false;
-  if (process.env.CI === 'true') throw new Error('BPF tests cannot run in CI without root');
-  return 'needs root: loads BPF programs';
-}
-const skip = skipReason();
+const skip = bpfSkipReason();
 
 before(() => {
   if (skip) return;

@@ -7,7 +7,7 @@ import { testRun } from '../../src/libbpf';
 import { HopProbe } from '../../src/probe/hop';
 import { decodeHopRecord, type HopRecord } from '../../src/probe/layout.generated';
 import { ether, ipBytes, ipip, ipv4, ipv6, vxlan } from '../helpers/packets';
-import { isRoot } from '../helpers/privileged';
+import { bpfSkipReason } from '../helpers/privileged';
 
 const TC_ACT_UNSPEC = -1;
 const A = '10.244.1.5';
@@ -16,12 +16,7 @@ const A6 = 'fd00:244:1::5';
 const B6 = 'fd00:244:2::8';
 let probe: HopProbe;
 
-function skipReason(): string | false {
-  if (isRoot()) return false;
-  if (process.env.CI === 'true') throw new Error('BPF tests cannot run in CI without root');
-  return 'needs root: loads BPF programs';
-}
-const skip = skipReason();
+const skip = bpfSkipReason();
 
 before(() => {
   if (skip) return;

@@ -40,9 +40,14 @@ export interface FollowRun {
   exited: Promise<number | null>;
 }
 
-/** Starts `nettrace ARGS...` and resolves once it printed a `ready:` line on stderr; killed when the test ends. */
-export async function startNettrace(t: TestContext, args: string[]): Promise<FollowRun> {
-  const child = spawn(NETTRACE, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Starts `nettrace ARGS...` and resolves once it printed a `ready:` line on stderr; killed when the test ends.
+ * prefix: a command that runs it elsewhere, e.g. ['ip', 'netns', 'exec', NS].
+ */
+export async function startNettrace(t: TestContext, args: string[], prefix: string[] = []): Promise<FollowRun> {
+  const child = prefix.length
+    ? spawn(prefix[0]!, [...prefix.slice(1), NETTRACE, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn(NETTRACE, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));

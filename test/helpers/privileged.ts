@@ -13,3 +13,10 @@ export function needsRoot(t: TestContext): boolean {
   t.skip(reason);
   return false;
 }
+
+/** The `skip` option of a test that loads BPF programs: false as root, else the reason (under CI=true, throws). */
+export function bpfSkipReason(): string | false {
+  if (isRoot()) return false;
+  if (process.env.CI === 'true') throw new Error('BPF tests cannot run in CI without root');
+  return 'needs root: loads BPF programs';
+}

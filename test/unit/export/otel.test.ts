@@ -9,6 +9,7 @@ import { SampleGrouper, stepSpanId, type Retransmit, type SampledPacket } from '
 import { ORDER, RECORD_KIND, type HopRecord } from '../../../src/probe/layout.generated';
 import { ORDER_POINTS, STEP_NAMES } from '../../../src/topology/steps';
 import { attr, startOtlpReceiver, type OtlpSpan } from '../../helpers/agent';
+import { sampledHopRecord as rec } from '../../helpers/records';
 
 const NODE = 'nt1-node2';
 const SENDER = 'nt1-node1';
@@ -22,15 +23,6 @@ const hookLabels = (order: number): HookLabels | null => {
   return p ? { step: p.step, step_name: STEP_NAMES[p.step]!, device: DEVICE[p.role]!, hook: p.hook } : null;
 };
 const DROP_REASONS: Record<number, string> = { 5: 'NETFILTER_DROP', 17: 'QDISC_DROP' };
-
-function rec(order: number, ts: number, over: Partial<HopRecord> = {}): HopRecord {
-  return {
-    ts_ns: ts, netns_ino: 4026530000 + order, ifindex: order + 2, flow_id: 0, skb_len: 98,
-    saddr: Uint8Array.from([10, 244, 1, 5, ...Array(12).fill(0)]), daddr: Uint8Array.from([10, 244, 2, 8, ...Array(12).fill(0)]),
-    sport: 7, dport: 0, seq: 1, ack: 0, ip_id: 4242, ip_len: 84, payload_len: 56, gso_segs: 0, vni: 0, family: 4, proto: 1,
-    hook: 0, direction: 0, flags: 0, tcp_flags: 0, icmp_type: 8, kind: RECORD_KIND.HOP, reason: 0, order, ...over,
-  };
-}
 
 /** Feeds records to a grouper as the ring hands them over; the packet they complete. */
 function group(records: HopRecord[]): SampledPacket {

@@ -6,31 +6,11 @@ import { PathAssembler } from '../../../src/flow/assemble';
 import { addrString } from '../../../src/probe/addr';
 import { ipBytesOf } from '../../../src/probe/addr';
 import { parseFlowSpec } from '../../../src/flow/spec';
-import type { HopRecord } from '../../../src/probe/layout.generated';
-import type { ClusterTopology, Device, NodeTopology } from '../../../src/topology/model';
+import { tcpHopRecord as rec, twoNodeTopology } from '../../helpers/records';
 
-function node(n: number, podIp: string, podName: string): NodeTopology {
-  const netns = { name: `node${n}`, path: `/run/netns/node${n}`, ino: 1000 + n };
-  const podNs = { name: podName, path: `/run/netns/${podName}`, ino: 2000 + n };
-  const dev = (ifindex: number, name: string, role: Device['role'], ns = netns): Device => ({ node: `node${n}`, netns: ns, ifindex, name, role, mtu: 1450 });
-  return {
-    name: `node${n}`, netns, ip: `192.168.1.10${n}`, cni: 'flannel-vxlan',
-    underlay: dev(2, 'ens5', 'underlay'), bridge: dev(3, 'cni0', 'bridge'), tunnel: dev(4, 'flannel.1', 'tunnel'),
-    pods: [{ name: podName, node: `node${n}`, netns: podNs, ips: [podIp], eth: { ...dev(2, 'eth0', 'pod', podNs), pod: podName }, hostVeth: { ...dev(5, 'veth1234', 'host-veth'), pod: podName } }],
-  };
-}
-
-const topo: ClusterTopology = { nodes: [node(1, '10.244.1.5', 'pod-a'), node(2, '10.244.2.8', 'pod-b')] };
+const topo = twoNodeTopology();
 const flow = parseFlowSpec('10.244.1.5 -> 10.244.2.8:80', 'tcp');
 
-function rec(ino: number, ifindex: number, hook: 0 | 1, ts: number, over: Partial<HopRecord> = {}): HopRecord {
-  return {
-    ts_ns: ts, netns_ino: ino, ifindex, flow_id: 1, skb_len: 74, saddr: Uint8Array.from([10, 244, 1, 5, ...Array(12).fill(0)]),
-    daddr: Uint8Array.from([10, 244, 2, 8, ...Array(12).fill(0)]), sport: 40000, dport: 80, seq: 1, ack: 0, ip_id: 7, ip_len: 60,
-    payload_len: 0, gso_segs: 0, vni: 0, family: 4, proto: 6, hook, direction: 0, flags: 0, tcp_flags: 2, icmp_type: 0,
-    kind: 0, reason: 0, order: 0, ...over,
-  };
-}
 
 // the request's ten hooks, given out of order as CPUs deliver them
 const REQUEST: [number, number, 0 | 1, number][] = [

@@ -2,16 +2,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { SampleGrouper, stepSpanId } from '../../../src/flow/sampled';
-import { ORDER, RECORD_KIND, type HopRecord } from '../../../src/probe/layout.generated';
-
-function rec(order: number, ts: number, over: Partial<HopRecord> = {}): HopRecord {
-  return {
-    ts_ns: ts, netns_ino: 4026530000 + order, ifindex: order + 2, flow_id: 0, skb_len: 98,
-    saddr: Uint8Array.from([10, 244, 1, 5, ...Array(12).fill(0)]), daddr: Uint8Array.from([10, 244, 2, 8, ...Array(12).fill(0)]),
-    sport: 7, dport: 0, seq: 1, ack: 0, ip_id: 4242, ip_len: 84, payload_len: 56, gso_segs: 0, vni: 0, family: 4, proto: 1,
-    hook: 0, direction: 0, flags: 0, tcp_flags: 0, icmp_type: 8, kind: RECORD_KIND.HOP, reason: 0, order, ...over,
-  };
-}
+import { ORDER, RECORD_KIND } from '../../../src/probe/layout.generated';
+import { sampledHopRecord as rec } from '../../helpers/records';
 
 test('two nodes see one packet: same trace id and root span id, each node its own hops', () => {
   const node1 = new SampleGrouper();
