@@ -34,7 +34,7 @@ export function inNetns<T>(nsPath: string | null, fn: () => T): T {
     try {
       return fn();
     } finally {
-      enter(home, 'of nettrace itself');
+      enter(home, 'of this thread');
     }
   } finally {
     c.close(home);

@@ -108,15 +108,15 @@ export class AgentClient {
           const line = buffered.slice(0, nl);
           buffered = buffered.slice(nl + 1);
           if (!line) continue;
-          let m: StreamMessage | null;
           try {
-            m = parseStreamLine(line);
+            const m = parseStreamLine(line);
+            if (m) onMessage(m);
           } catch (err) {
+            // a malformed line (or a hop batch that does not decode) ends this agent's stream, not the client
             res.destroy();
             resolve(`it sent a malformed message (${(err as Error).message})`);
             return;
           }
-          if (m) onMessage(m);
         }
         if (buffered.length > MAX_LINE_BYTES) {
           res.destroy();

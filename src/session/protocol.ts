@@ -146,7 +146,7 @@ export function parseStreamLine(line: string): StreamMessage | null {
   } catch {
     throw bad('stream line (not JSON)');
   }
-  if (!m || typeof m !== 'object') throw bad('stream line');
+  if (!m || typeof m !== 'object' || Array.isArray(m) || typeof m.type !== 'string') throw bad('stream line');
   switch (m.type) {
     case 'ready': {
       const r = m as Extract<StreamMessage, { type: 'ready' }>;

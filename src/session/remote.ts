@@ -92,6 +92,8 @@ interface AgentClock {
 
 const CLOCK_SAMPLES = 6;
 const CLOCK_REFRESH_MS = 2000;
+/** stream messages held until every agent is ready (each up to 4096 records) */
+const MAX_QUEUED = 1000;
 
 export function startRemoteFollow(opts: RemoteFollowOptions): FollowSession {
   const f = opts.flow;
@@ -142,9 +144,12 @@ export function startRemoteFollow(opts: RemoteFollowOptions): FollowSession {
     };
   };
 
+  let queueLost = 0;
   const handle = (node: string, m: StreamMessage) => {
     if (!assembler) {
-      queued.push({ node, m });
+      // before every agent is ready: held, within bounds
+      if (queued.length < MAX_QUEUED) queued.push({ node, m });
+      else if (m.type === 'hops') queueLost += m.n;
       return;
     }
     if (m.type === 'hops') {
@@ -251,6 +256,7 @@ export function startRemoteFollow(opts: RemoteFollowOptions): FollowSession {
     while ([...streams.values()].some((s) => s.session === null) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
     assembler = new PathAssembler(f, rc.topology, { graceMs: opts.graceMs, endpoints: endpoints.map((e) => e.ip), dropReason: dropReasonName, unwatched });
     for (const { node, m } of queued.splice(0)) handle(node, m);
+    if (queueLost) opts.onWarning?.(`${queueLost} records lost while waiting for every agent to be ready`);
     opts.onReady?.({
       devices, namespaces: involved.length, attach: 'tcx', modes: [...new Set(involved.map((n) => rc.nodes.get(n)!.topology.cni))],
       atNs: Number(process.hrtime.bigint()),
