@@ -83,6 +83,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
       settings: { cni: hooks.topology.cni, sample: String(opts.sample), latency_every: String(opts.latencyEvery) },
       latency: () => loaded.latency(),
       wireLatency: () => (wire.enabled ? { counts: wire.histogram.counts, sumNs: wire.histogram.sumNs } : null),
+      wireStats: () => wire.stats,
       drops: () => loaded.drops(),
       retransmits: () => loaded.retransmits(),
       lostRecords: () => loaded.lostRecords(),
@@ -100,7 +101,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
       m.sampled.inc();
       if (sink) m.spans.inc(sink.packet(p, departure));
     };
-    const wire = new WireStep({ node: nodeName, peers: opts.peers, clock, emit, log: opts.log });
+    const wire = new WireStep({ node: nodeName, peers: opts.peers, clock, emit, log: opts.log, token: opts.api?.token ?? null });
     const grouper = new SampleGrouper();
     const poll = () => {
       loaded.drain((view, offset) => {
@@ -117,10 +118,14 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
 
     server = await serve(opts.metricsAddr, {
       '/metrics': async () => ({ status: 200, type: m.registry.contentType, body: await m.registry.metrics() }),
-      '/healthz': async () => ({
-        status: 200, type: 'application/json',
-        body: JSON.stringify({ status: 'ok', node: nodeName, attached_hooks: hooks.attachments }) + '\n',
-      }),
+      // an agent with no hook attached sees nothing: unhealthy, so a DaemonSet's probe says so
+      '/healthz': async () => {
+        const ok = hooks.attachments > 0;
+        return {
+          status: ok ? 200 : 503, type: 'application/json',
+          body: JSON.stringify({ status: ok ? 'ok' : 'no hook attached', node: nodeName, attached_hooks: hooks.attachments }) + '\n',
+        };
+      },
       '/v1/departures': wire.route(),
     });
     if (opts.otlpEndpoint) {
@@ -183,25 +188,25 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
         for (const t of timers) clearInterval(t);
         if (pending) clearTimeout(pending);
         monitor.kill();
-        // callers first: a closed object must not be read by a request still in flight
-        await runningApi?.close();
+        // servers first: a scrape or a trace request still in flight must not read a closed object
+        // (Prometheus keeps its connection open: close it, or close() waits for it)
+        const closed = new Promise<void>((resolve) => running.close(() => resolve()));
+        running.closeAllConnections();
+        await Promise.all([closed, runningApi?.close()]);
         await hooks.detachAll();
         poll();
         for (const p of grouper.expire(true)) emit(p, null);
         wire.stop();
         loaded.close();
         await Promise.race([sink?.shutdown().catch(() => {}), new Promise((r) => setTimeout(r, 3000))]);
-        // Prometheus keeps its connection open: close it, or close() waits for it
-        const closed = new Promise<void>((resolve) => running.close(() => resolve()));
-        running.closeAllConnections();
-        await closed;
       },
     };
   } catch (err) {
+    server?.closeAllConnections();
+    server?.close();
     await api?.close();
     await hooks.detachAll();
     loaded.close();
-    server?.close();
     await sink?.shutdown().catch(() => {});
     throw err;
   }

@@ -43,6 +43,10 @@ export async function serve(addr: ListenAddress, routes: Record<string, Route>, 
       (err: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`error: ${err.message}\n`),
     );
   });
+  // a stranger may connect and send nothing, or drip a request: bound both
+  server.headersTimeout = 10_000;
+  server.requestTimeout = 15_000;
+  server.maxConnections = 64;
   await listen(server, addr, flag);
   return server;
 }

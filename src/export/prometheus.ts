@@ -19,6 +19,8 @@ export interface MetricsSource {
   latency(): LatencyHistogram[];
   /** step-6 (cross-node) latencies measured in userspace on sampled packets, in ns, since start */
   wireLatency(): { counts: number[]; sumNs: number } | null;
+  /** the wire step's bookkeeping: departures kept and lost, peers' answers refused (all since start) */
+  wireStats?(): { departuresRecorded: number; departuresDropped: number; peerInvalidAnswers: number; peerInvalidEntries: number; peerEvicted: number; unauthorized: number };
   drops(): DropCount[];
   retransmits(): RetransmitCount[];
   lostRecords(): number;
@@ -51,6 +53,8 @@ export const METRIC_NAMES = {
   exportFailures: 'nettrace_agent_export_failures_total',
   traceSessions: 'nettrace_agent_trace_sessions',
   traceRecords: 'nettrace_agent_trace_records_total',
+  wireDepartures: 'nettrace_wire_departures_total',
+  wirePeerRefused: 'nettrace_wire_peer_refused_total',
   info: 'nettrace_agent_info',
 } as const;
 
@@ -181,6 +185,31 @@ export function createMetrics(src: MetricsSource): AgentMetrics {
       this.inc({ node }, src.lostRecords());
     },
   });
+  if (src.wireStats) {
+    const stats = src.wireStats;
+    new Counter({
+      name: METRIC_NAMES.wireDepartures, help: 'Departures of sampled packets this agent logged for its peers (outcome="kept"), and those overwritten before any peer read them ("dropped").',
+      labelNames: ['node', 'outcome'], registers: [registry],
+      collect() {
+        const s = stats();
+        this.reset();
+        this.inc({ node, outcome: 'kept' }, s.departuresRecorded);
+        this.inc({ node, outcome: 'dropped' }, s.departuresDropped);
+      },
+    });
+    new Counter({
+      name: METRIC_NAMES.wirePeerRefused, help: 'What the wire step refused: peers\' answers of the wrong shape ("answer"), entries out of shape or time ("entry"), entries evicted at the cap ("evicted"), requests without the token ("unauthorized").',
+      labelNames: ['node', 'kind'], registers: [registry],
+      collect() {
+        const s = stats();
+        this.reset();
+        this.inc({ node, kind: 'answer' }, s.peerInvalidAnswers);
+        this.inc({ node, kind: 'entry' }, s.peerInvalidEntries);
+        this.inc({ node, kind: 'evicted' }, s.peerEvicted);
+        this.inc({ node, kind: 'unauthorized' }, s.unauthorized);
+      },
+    });
+  }
   const settings = src.settings ?? {};
   new Gauge({ name: METRIC_NAMES.info, help: 'Always 1; labels tell the node this agent watches and its sampling (latency_every: 1 in N packets timed).', labelNames: ['node', ...Object.keys(settings)], registers: [registry] }).set({ node, ...settings }, 1);
 

@@ -117,8 +117,11 @@ export function diagnose(input: DiagnoseInput): Diagnosis {
     p.steps.forEach((h, i) => {
       if (i === 0) return;
       const k = `${p.direction}/${h.step}/${h.node}/${h.device}/${h.hook}`;
-      const e = byStep.get(k) ?? { hop: h, prev: p.steps[i - 1]!, lat: [] };
-      e.lat.push(h.latency_ns);
+      const prev = p.steps[i - 1]!;
+      const e = byStep.get(k) ?? { hop: h, prev, lat: [] };
+      // between two machines' clocks, only what exceeds their uncertainty is time the packet spent
+      const clockBound = h.node !== prev.node && h.clock && prev.clock ? h.clock.uncertainty_ns + prev.clock.uncertainty_ns : 0;
+      e.lat.push(Math.max(0, h.latency_ns - clockBound));
       byStep.set(k, e);
     });
   }

@@ -5,7 +5,14 @@ import { c } from './native';
 const ENOENT = 2;
 
 export class BpfMap {
+  private closed = false;
+
   constructor(readonly name: string, readonly fd: number, readonly keySize: number, readonly valueSize: number) {}
+
+  /** Its object was closed: the fd is gone (and its number may already be another file's). */
+  markClosed(): void {
+    this.closed = true;
+  }
 
   update(key: Buffer, value: Buffer, flags = 0): void {
     this.checkSizes(key, value);
@@ -54,6 +61,7 @@ export class BpfMap {
     let first = true;
     const keys = Buffer.alloc(this.keySize * chunk);
     const values = Buffer.alloc(entryValueSize * chunk);
+    this.assertOpen();
     for (;;) {
       const n = [chunk];
       const ret = c.bpf_map_lookup_batch(this.fd, first ? null : inBatch, outBatch, keys, values, n, null) as number;
@@ -66,7 +74,12 @@ export class BpfMap {
     }
   }
 
+  private assertOpen(): void {
+    if (this.closed) throw new LibbpfError('map', `using map ${this.name}`, 9 /* EBADF */, undefined, 'its object is closed');
+  }
+
   private checkSizes(key: Buffer, value: Buffer | null): void {
+    this.assertOpen();
     // A short buffer passed as void * would let the kernel read past it.
     if (key.length !== this.keySize) throw new RangeError(`map ${this.name}: key is ${key.length} bytes, map wants ${this.keySize}`);
     if (value && value.length < this.valueSize) throw new RangeError(`map ${this.name}: value is ${value.length} bytes, map wants ${this.valueSize}`);

@@ -12,6 +12,8 @@ export interface BpfProgram {
 export class BpfObject {
   private loaded = false;
   private closed = false;
+  /** maps handed out: closing the object closes them, so none reads a freed or reused fd */
+  private readonly maps: BpfMap[] = [];
 
   private constructor(readonly path: string, private readonly handle: unknown) {}
 
@@ -87,7 +89,9 @@ export class BpfObject {
     const handle = this.mapHandle(name);
     const fd = c.bpf_map__fd(handle) as number;
     if (fd < 0) throw new LibbpfError('find', `map ${name} of ${this.path}`, fd, undefined, 'not created (load the object first)');
-    return new BpfMap(name, fd, c.bpf_map__key_size(handle) as number, c.bpf_map__value_size(handle) as number);
+    const map = new BpfMap(name, fd, c.bpf_map__key_size(handle) as number, c.bpf_map__value_size(handle) as number);
+    this.maps.push(map);
+    return map;
   }
 
   maxEntries(name: string): number {
@@ -97,16 +101,24 @@ export class BpfObject {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    for (const m of this.maps.splice(0)) m.markClosed();
     c.bpf_object__close(this.handle);
   }
 
+  private assertOpen(what: string): void {
+    // the handle is freed memory once closed: refuse, never touch it
+    if (this.closed) throw new LibbpfError('find', `${what} of ${this.path}`, 9 /* EBADF */, undefined, 'the object is closed');
+  }
+
   private programHandle(name: string): unknown {
+    this.assertOpen(`program ${name}`);
     const prog = c.bpf_object__find_program_by_name(this.handle, name);
     if (!prog) throw new LibbpfError('find', `program ${name} of ${this.path}`, 0, undefined, 'no such program');
     return prog;
   }
 
   private mapHandle(name: string): unknown {
+    this.assertOpen(`map ${name}`);
     const map = c.bpf_object__find_map_by_name(this.handle, name);
     if (!map) throw new LibbpfError('find', `map ${name} of ${this.path}`, 0, undefined, 'no such map');
     return map;

@@ -90,7 +90,7 @@ interface AgentClock {
   delta: number;
 }
 
-const CLOCK_SAMPLES = 6;
+const CLOCK_SAMPLES = 10;
 const CLOCK_REFRESH_MS = 2000;
 /** stream messages held until every agent is ready (each up to 4096 records) */
 const MAX_QUEUED = 1000;

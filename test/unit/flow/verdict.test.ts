@@ -244,6 +244,20 @@ test('delay: a slow step below 1 ms, or not 10 times the others, is healthy', ()
   assert.equal(diagnose(input(evenlySlow).inp).cause, 'none');
 });
 
+test('delay across two machines\' clocks: only what exceeds their uncertainty counts', () => {
+  const withClocks = (wireNs: number, uncertaintyNs: number) => {
+    const p = path({ lat: (i) => (i === 5 ? wireNs : 10_000) });
+    for (const h of p.steps) h.clock = { node: h.node, correction_ns: 0, uncertainty_ns: uncertaintyNs, method: 'exchange' };
+    return p;
+  };
+  // 1.4 ms on the wire, each clock right within 1 ms: no telling it from a clock error
+  assert.equal(diagnose(input(times(5, () => withClocks(1_400_000, 1_000_000))).inp).cause, 'none');
+  // 30 ms is a delay whatever the clocks say
+  const slow = diagnose(input(times(5, () => withClocks(30_000_000, 1_000_000))).inp);
+  assert.equal(slow.cause, 'delay');
+  assert.equal(slow.step, 6);
+});
+
 test('loss: some probes stop after eth0 with a qdisc drop; the rate, the step and where to look', () => {
   const lost = times(2, () => path({ upTo: 5, kernel: 'QDISC_DROP' }));
   const paths = [...times(3, () => path()), ...lost];
