@@ -7,6 +7,8 @@ ARCH := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
 BPF_CFLAGS := -g -O2 -target bpf -Wall -Werror -D__TARGET_ARCH_$(ARCH) -Ibuild -Ibpf
 BPF_SRC := $(wildcard bpf/*.bpf.c)
 BPF_OBJ := $(patsubst bpf/%.bpf.c,build/%.bpf.o,$(BPF_SRC))
+# programs of "another tool" for the coexistence tests
+FIXTURE_OBJ := $(patsubst test/fixtures/%.bpf.c,build/fixtures/%.bpf.o,$(wildcard test/fixtures/*.bpf.c))
 TS_SRC := $(shell find src test bench scripts -name '*.ts' 2>/dev/null)
 NODE_TEST := node --test --test-concurrency=1 --test-reporter=spec
 
@@ -27,6 +29,11 @@ build/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h) build/vmlinux.h
 	@echo "  BPF   $@"
 	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
+build/fixtures/%.bpf.o: test/fixtures/%.bpf.c build/vmlinux.h
+	$(Q)mkdir -p build/fixtures
+	@echo "  BPF   $@"
+	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
 dist/.stamp: $(TS_SRC) tsconfig.json package-lock.json
 	@echo "  TSC   dist/"
 	@# from scratch: a test whose source was removed must not linger in dist/ and run
@@ -34,7 +41,7 @@ dist/.stamp: $(TS_SRC) tsconfig.json package-lock.json
 	$(Q)npx --no-install tsc -p tsconfig.json
 	$(Q)touch $@
 
-build: $(BPF_OBJ) dist/.stamp ## compile the BPF objects and the TypeScript
+build: $(BPF_OBJ) $(FIXTURE_OBJ) dist/.stamp ## compile the BPF objects and the TypeScript
 
 gen: $(BPF_OBJ) ## regenerate src/probe/layout.generated.ts (layouts, enums, program and map names) from the objects' BTF
 	@# the generator compiles even while the rest does not yet match the new header

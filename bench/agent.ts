@@ -1,7 +1,7 @@
 // Benchmarks of `nettrace agent`: its cost on pod-to-pod traffic against empty programs (the
 // limit), per-run cost of the aggregate program, memory, and time to attach to many pods.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { median } from '../src/flow/stats';
@@ -114,9 +114,25 @@ export function agentPerRun(rounds: number): void {
   empty.close();
 }
 
+/**
+ * Calls fn with a file holding these lines, for `ip -b` or `bpftool batch`, in a directory of its
+ * own (mkdtemp): a fixed /tmp name could be another run's file, or a link someone else planted
+ * that root would then write through.
+ */
+function withBatchFile<T>(lines: string[], fn: (file: string) => T): T {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'nettrace-bench-'));
+  try {
+    const file = path.join(dir, 'commands.batch');
+    writeFileSync(file, lines.join('\n') + '\n', { mode: 0o600 });
+    return fn(file);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 /** Puts n synthetic TCP flows into a running agent's retransmit map, so a scrape has n series to build. */
 function fillRetransmits(n: number): void {
-  const maps = JSON.parse(spawnSync('bpftool', ['-j', 'map', 'show'], { encoding: 'utf8' }).stdout) as { id: number; name: string }[];
+  const maps = JSON.parse(spawnSync('bpftool', ['-j', 'map', 'show'], { encoding: 'utf8', timeout: 30_000 }).stdout) as { id: number; name: string }[];
   const id = maps.filter((m) => m.name === 'nt_retrans').map((m) => m.id).pop();
   if (id === undefined) throw new Error('no nt_retrans map');
   const lines: string[] = [];
@@ -126,10 +142,9 @@ function fillRetransmits(n: number): void {
       (40000 + (i % 1000)) & 0xff, (40000 + (i % 1000)) >> 8, (1000 + (i % 50000)) & 0xff, (1000 + (i % 50000)) >> 8, 4, 0, 0, 0];
     lines.push(`map update id ${id} key hex ${hex(key)} value hex ${hex([1, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0])}`);
   }
-  const file = path.join(os.tmpdir(), 'nettrace-bench-retrans.batch');
-  writeFileSync(file, lines.join('\n') + '\n');
-  const r = spawnSync('bpftool', ['batch', 'file', file], { encoding: 'utf8', maxBuffer: 64 << 20 });
-  if (r.status !== 0) throw new Error(`bpftool batch: ${r.stderr.slice(0, 300)}`);
+  // 100k updates take bpftool some seconds; minutes means it hangs
+  const r = withBatchFile(lines, (file) => spawnSync('bpftool', ['batch', 'file', file], { encoding: 'utf8', maxBuffer: 64 << 20, timeout: 300_000 }));
+  if (r.status !== 0) throw new Error(`bpftool batch: ${r.error?.message ?? r.stderr.slice(0, 300)}`);
 }
 
 export async function agentMemory(node: string): Promise<void> {
@@ -161,23 +176,21 @@ export async function agentMemory(node: string): Promise<void> {
 /** n pods with their veths on node's bridge, made in two `ip -batch` runs. */
 function makePods(node: string, prefix: string, n: number): string[] {
   const names = Array.from({ length: n }, (_, i) => `${prefix}bp${i}`);
-  const hostFile = path.join(os.tmpdir(), 'nettrace-bench-netns.batch');
-  writeFileSync(hostFile, names.map((p) => `netns add ${p}`).join('\n') + '\n');
-  const nodeFile = path.join(os.tmpdir(), 'nettrace-bench-veth.batch');
-  writeFileSync(nodeFile, names.flatMap((p, i) => [`link add vb${i} type veth peer name eth0 netns ${p}`, `link set vb${i} master cni0 up`]).join('\n') + '\n');
-  for (const [args, what] of [[['-b', hostFile], 'netns'], [['-n', node, '-b', nodeFile], 'veths']] as const) {
-    const r = spawnSync('ip', args, { encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`creating ${n} pods (${what}): ${r.stderr.slice(0, 300)}`);
+  const batches: [string[], (file: string) => string[], string][] = [
+    [names.map((p) => `netns add ${p}`), (file) => ['-b', file], 'netns'],
+    [names.flatMap((p, i) => [`link add vb${i} type veth peer name eth0 netns ${p}`, `link set vb${i} master cni0 up`]), (file) => ['-n', node, '-b', file], 'veths'],
+  ];
+  for (const [lines, args, what] of batches) {
+    const r = withBatchFile(lines, (file) => spawnSync('ip', args(file), { encoding: 'utf8', timeout: 120_000 }));
+    if (r.status !== 0) throw new Error(`creating ${n} pods (${what}): ${r.error?.message ?? r.stderr.slice(0, 300)}`);
   }
   return names;
 }
 
 export function deletePods(prefix: string): void {
-  const names = (spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.match(new RegExp(`^${prefix}bp\\d+`, 'gm')) ?? []);
+  const names = (spawnSync('ip', ['netns', 'list'], { encoding: 'utf8', timeout: 30_000 }).stdout.match(new RegExp(`^${prefix}bp\\d+`, 'gm')) ?? []);
   if (!names.length) return;
-  const file = path.join(os.tmpdir(), 'nettrace-bench-netns-del.batch');
-  writeFileSync(file, names.map((p) => `netns del ${p}`).join('\n') + '\n');
-  spawnSync('ip', ['-b', file]);
+  withBatchFile(names.map((p) => `netns del ${p}`), (file) => spawnSync('ip', ['-b', file], { timeout: 120_000 }));
 }
 
 export async function attachTime(node: string, prefix: string, pods: number, rounds: number): Promise<void> {

@@ -17,6 +17,7 @@ import { namedNetns } from '../src/topology/netns';
 import { ipBytes, ether, ipv4 } from '../test/helpers/packets';
 import { agentMemory, agentPerRun, agentThroughput, attachTime, deletePods } from './agent';
 import { remoteBench } from './remote';
+import { soak } from './soak';
 
 const PREFIX = 'ntbench-';
 const A = '10.244.1.5';
@@ -147,6 +148,16 @@ async function main(): Promise<void> {
       await attachTime(nodes[0]!, PREFIX, 250, 3);
     }
     if (want('remote')) await remoteBench(tb, (args) => iperf(podA, args), ROUNDS);
+    if (want('soak')) {
+      server.kill('SIGKILL'); // the soak runs its own load against a fresh server
+      const soakServer = spawn('ip', ['netns', 'exec', tb.pods[1]!.netns, 'iperf3', '-s'], { stdio: 'ignore' });
+      try {
+        await new Promise((r) => setTimeout(r, 500));
+        await soak(tb, Number(process.env.SOAK_MINUTES ?? 10));
+      } finally {
+        soakServer.kill('SIGKILL');
+      }
+    }
   } finally {
     server.kill('SIGKILL');
     deletePods(PREFIX);

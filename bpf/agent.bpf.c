@@ -26,6 +26,7 @@ struct nt_enums {
 	enum nt_order order;
 	enum nt_record_kind kind;
 	enum nt_hook hook;
+	enum nt_map_fail map_fail;
 };
 
 struct {
@@ -72,6 +73,15 @@ struct {
 	__type(value, struct nt_retrans_value);
 } nt_retrans SEC(".maps");
 
+/* [enum nt_map_fail]: updates of nt_retrans and nt_drops that failed, so that a full
+ * map shows as a metric instead of counts that silently stop growing. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NT_MAP_FAIL_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} nt_map_fail SEC(".maps");
+
 /* Network namespaces of this node and its pods: tracepoints see the whole kernel. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -109,6 +119,14 @@ static __always_inline __u64 packet_hash(const struct nt_hop_record *r)
 	h = (h ^ (((__u64)r->seq << 32) | r->ack)) * 0x100000001b3ULL;
 	h = (h ^ (((__u64)r->ip_id << 32) | ((__u64)r->ip_len << 16) | ((__u64)r->proto << 8) | r->family));
 	return fmix64(h);
+}
+
+static __always_inline void map_failed(__u32 which)
+{
+	__u64 *n = bpf_map_lookup_elem(&nt_map_fail, &which);
+
+	if (n)
+		*n += 1;
 }
 
 static __always_inline __u32 log2_bucket(__u64 v)
@@ -238,10 +256,16 @@ int BPF_PROG(nt_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_re
 		}
 	}
 	count = bpf_map_lookup_elem(&nt_drops, &key);
-	if (count)
+	if (count) {
 		*count += 1;
-	else
-		bpf_map_update_elem(&nt_drops, &key, &one, BPF_NOEXIST);
+	} else if (bpf_map_update_elem(&nt_drops, &key, &one, BPF_NOEXIST)) {
+		/* another CPU may have added the key meanwhile; else the map is full */
+		count = bpf_map_lookup_elem(&nt_drops, &key);
+		if (count)
+			*count += 1;
+		else
+			map_failed(NT_MAP_FAIL_DROPS);
+	}
 	if (r.family && sampled(h)) {
 		r.kind = NT_REC_DROP;
 		r.reason = reason;
@@ -260,7 +284,7 @@ int BPF_PROG(nt_tcp_retransmit, const struct sock *sk, const struct sk_buff *skb
 	struct nt_retrans_value *v, fresh;
 	struct nt_hop_record r = {};
 	struct skb_shared_info *shinfo;
-	__u16 family, segs;
+	__u16 family, segs, sport;
 	__u32 ino;
 
 	ino = netns_of(NULL, sk);
@@ -281,7 +305,7 @@ int BPF_PROG(nt_tcp_retransmit, const struct sock *sk, const struct sk_buff *skb
 	} else {
 		return 0;
 	}
-	key.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	key.dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	/* one call covers a whole GSO skb: what went out again is its segment count */
 	shinfo = (struct skb_shared_info *)(BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, end));
@@ -297,10 +321,13 @@ int BPF_PROG(nt_tcp_retransmit, const struct sock *sk, const struct sk_buff *skb
 		fresh.retransmits = 1;
 		fresh.segments = segs;
 		if (bpf_map_update_elem(&nt_retrans, &key, &fresh, BPF_NOEXIST)) {
+			/* another CPU may have added the key meanwhile; else the map is full */
 			v = bpf_map_lookup_elem(&nt_retrans, &key);
 			if (v) {
 				__sync_fetch_and_add(&v->retransmits, 1);
 				__sync_fetch_and_add(&v->segments, segs);
+			} else {
+				map_failed(NT_MAP_FAIL_RETRANS);
 			}
 		}
 	}
@@ -313,7 +340,7 @@ int BPF_PROG(nt_tcp_retransmit, const struct sock *sk, const struct sk_buff *skb
 	r.proto = IPPROTO_TCP;
 	__builtin_memcpy(r.saddr, key.saddr, sizeof(r.saddr));
 	__builtin_memcpy(r.daddr, key.daddr, sizeof(r.daddr));
-	r.sport = key.sport;
+	r.sport = sport;
 	r.dport = key.dport;
 	r.gso_segs = segs;
 	r.order = NT_ORDER_NONE;

@@ -116,14 +116,23 @@ struct nt_drop_key {
 	__u8 _pad[3];
 };
 
-/* Agent: TCP retransmits by flow, from the socket (addresses as in nt_flow_key). */
+/* Agent: TCP retransmits by flow endpoints, from the socket (addresses as in nt_flow_key).
+ * No source port: each connection of a client to one service would take an entry of its
+ * own and fill the map, and the metrics sum over source ports anyway. */
 struct nt_retrans_key {
 	__u8 saddr[NT_ADDR_LEN];
 	__u8 daddr[NT_ADDR_LEN];
-	__u16 sport;		/* host order */
-	__u16 dport;
+	__u16 dport;		/* host order */
 	__u8 family;
-	__u8 _pad[3];
+	__u8 _pad;
+};
+
+/* Agent: index of nt_map_fail, a per-CPU count of map updates that failed (the map was
+ * full, or out of memory): what each would have counted is missing from that map. */
+enum nt_map_fail {
+	NT_MAP_FAIL_RETRANS = 0,	/* nt_retrans: a new flow's retransmit */
+	NT_MAP_FAIL_DROPS = 1,		/* nt_drops: a new (reason, order)'s drop */
+	NT_MAP_FAIL_COUNT = 2,
 };
 
 struct nt_retrans_value {

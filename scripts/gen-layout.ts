@@ -89,7 +89,7 @@ export function readEnum(objectPaths: string[], enumName: string): [string, numb
   throw new Error(`enum ${enumName} is not in the BTF of ${objectPaths.join(', ')}`);
 }
 
-export const ENUMS = ['nt_order', 'nt_record_kind', 'nt_hook'] as const;
+export const ENUMS = ['nt_order', 'nt_record_kind', 'nt_hook', 'nt_map_fail'] as const;
 
 /** What userspace finds in a loaded object by name. */
 export interface ObjectNames {

@@ -87,6 +87,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
       drops: () => loaded.drops(),
       retransmits: () => loaded.retransmits(),
       lostRecords: () => loaded.lostRecords(),
+      mapFailures: () => loaded.mapFailures(),
       hookLabels: (order) => hookLabels(hooks.topology, order),
       dropLabels: (order) => dropLabels(hooks.topology, order),
       dropReason: dropReasonName,
@@ -135,6 +136,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
         endpoint: opts.otlpEndpoint, node: nodeName, wallNs: (ts) => clock.wallNs(ts),
         hookLabels: source.hookLabels, dropReason: dropReasonName, log: opts.log,
         onExport: (ok) => { if (!ok) m.exportFailures.inc({ exporter: 'otlp' }); },
+        onDropped: (n) => m.spansDropped.inc({ node: nodeName }, n),
       });
     }
     if (opts.attach === 'tc') {

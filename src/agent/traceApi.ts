@@ -12,10 +12,10 @@ import { NettraceError, usageError } from '../errors';
 import type { WallClock } from '../flow/clock';
 import { listen, type ListenAddress } from '../export/http';
 import { HOP_RECORD_SIZE, RECORD_KIND } from '../probe/layout.generated';
-import { checkReach, forwardDropRules } from '../topology/inspect';
 import { findPodByIp } from '../topology/model';
 import type { NetnsRef } from '../topology/netns';
 import { requireFlowPods, serviceAt, viewCluster } from '../session/cluster';
+import { nodeFacts } from '../session/diagnose';
 import { openLocalFeed, type LocalFeed } from '../session/localFeed';
 import { sendProbes } from '../session/probes';
 import { encodeHops, MAX_BODY_BYTES, nodeInfo, parseFollowRequest, type StreamMessage } from '../session/protocol';
@@ -112,17 +112,19 @@ export async function startTraceApi(opts: TraceApiOptions): Promise<TraceApi> {
     // the kfree_skb tracepoint sees the whole kernel: only this node's drops are ours to report
     const ours = new Set([opts.node.ino, ...view.topology.nodes.flatMap((n) => n.pods.map((p) => p.netns.ino))]);
     const send = (m: StreamMessage) => res.write(JSON.stringify(m) + '\n');
+    // records are copied out of the ring into one batch buffer, sent as a message when full or each poll
+    const batch = Buffer.allocUnsafe(MAX_BATCH * HOP_RECORD_SIZE);
     let lostReported = 0;
     let slowLost = 0;
     const pump = () => {
-      let batch: Buffer[] = [];
+      let n = 0;
       let streamed = 0;
       let dropped = 0;
       const flush = () => {
-        if (!batch.length) return;
-        send(encodeHops(batch));
-        streamed += batch.length;
-        batch = [];
+        if (!n) return;
+        send(encodeHops(batch, n));
+        streamed += n;
+        n = 0;
       };
       feed.drain((r, view, offset) => {
         if (r.kind === RECORD_KIND.DROP && !ours.has(r.netns_ino)) return;
@@ -130,8 +132,8 @@ export async function startTraceApi(opts: TraceApiOptions): Promise<TraceApi> {
           dropped++;
           return;
         }
-        batch.push(Buffer.from(new Uint8Array(view.buffer, view.byteOffset + offset, HOP_RECORD_SIZE)));
-        if (batch.length >= MAX_BATCH) flush();
+        batch.set(new Uint8Array(view.buffer, view.byteOffset + offset, HOP_RECORD_SIZE), n * HOP_RECORD_SIZE);
+        if (++n >= MAX_BATCH) flush();
       });
       flush();
       slowLost += dropped;
@@ -191,9 +193,8 @@ export async function startTraceApi(opts: TraceApiOptions): Promise<TraceApi> {
     if (isIP(dst) === 0) throw new HttpError(400, 'give ?dst=IP');
     const view = viewCluster([opts.node]);
     const node = view.topology.nodes[0]!;
-    const mtus: Record<string, number> = {};
-    for (const d of [node.underlay, node.tunnel, node.bridge]) if (d) mtus[d.name] = d.mtu;
-    reply(res, 200, { node: node.name, node_ip: node.ip, reach: checkReach(node, dst), drop_rules: forwardDropRules(node), mtus });
+    const facts = nodeFacts(node, dst);
+    reply(res, 200, { node: node.name, node_ip: node.ip, reach: facts.reach, drop_rules: facts.dropRules, mtus: facts.mtus });
   };
 
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
@@ -245,9 +246,10 @@ export async function startTraceApi(opts: TraceApiOptions): Promise<TraceApi> {
         throw usageError(`${flag} ${f}: ${(err as Error).message}`, 'give the PEM file of the agent\'s certificate and key');
       }
     };
-    server = createHttpsServer({ cert: read(opts.tls.certFile, '--tls-cert'), key: read(opts.tls.keyFile, '--tls-key') }, onRequest);
+    server = createHttpsServer({ cert: read(opts.tls.certFile, '--tls-cert'), key: read(opts.tls.keyFile, '--tls-key'), connectionsCheckingInterval: 1000 }, onRequest);
   } else {
-    server = createHttpServer(onRequest);
+    // the header and request timeouts are enforced on this interval (Node's default is 30 s)
+    server = createHttpServer({ connectionsCheckingInterval: 1000 }, onRequest);
   }
   // a request must arrive whole and quickly; a stream, once answered, lasts as long as its session
   server.headersTimeout = 10_000;

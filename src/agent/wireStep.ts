@@ -23,6 +23,8 @@ export interface WireStepOptions {
   log(line: string): void;
   /** the agent's token (--token-file): sent to peers, and required from them on /v1/departures */
   token?: string | null;
+  /** how long an arrival waits for its departure (default 2 s) */
+  waitMs?: number;
 }
 
 /** What the agent exports as metrics (all counters, since the start). */
@@ -39,6 +41,12 @@ export interface WireStats {
   peerEvicted: number;
   /** requests to /v1/departures without the token */
   unauthorized: number;
+  /** arrivals from the underlay paired with a peer's departure: step 6 timed */
+  arrivalsPaired: number;
+  /** arrivals no peer reported a departure for in time: no step 6 for them */
+  arrivalsUnpaired: number;
+  /** step-6 times the nodes' clocks made negative, counted as 0 in the histogram */
+  clamped: number;
 }
 
 const sha256 = (s: string): Buffer => createHash('sha256').update(s).digest();
@@ -53,6 +61,7 @@ export class WireStep {
   private timer: NodeJS.Timeout | null = null;
   private readonly expected: Buffer | null;
   private unauthorized = 0;
+  private counts = { paired: 0, unpaired: 0, clamped: 0 };
 
   constructor(private readonly opts: WireStepOptions) {
     this.expected = opts.token ? sha256(opts.token) : null;
@@ -77,6 +86,9 @@ export class WireStep {
       peerInvalidEntries: this.peers.invalidEntries,
       peerEvicted: this.peers.evicted,
       unauthorized: this.unauthorized,
+      arrivalsPaired: this.counts.paired,
+      arrivalsUnpaired: this.counts.unpaired,
+      clamped: this.counts.clamped,
     };
   }
 
@@ -111,11 +123,14 @@ export class WireStep {
   start(): void {
     if (!this.peers.enabled) return;
     let busy = false;
-    this.timer = setInterval(() => {
+    const tick = () => {
       if (busy) return;
       busy = true;
       void this.poll().finally(() => (busy = false));
-    }, PEER_POLL_MS);
+    };
+    this.timer = setInterval(tick, PEER_POLL_MS);
+    // at once: a peer keeps departures only once we read it, so the first packets are paired too
+    tick();
   }
 
   /** Fetch the peers' new departures once (start() does it every PEER_POLL_MS). */
@@ -134,12 +149,21 @@ export class WireStep {
   /** Pair arrivals whose departure came in; give up on those that waited too long. */
   pair(): void {
     const now = Date.now();
+    const waitMs = this.opts.waitMs ?? WIRE_WAIT_MS;
     for (let i = 0; i < this.waiting.length; ) {
       const { p, sinceMs } = this.waiting[i]!;
       const d = this.peers.get(p.traceId);
-      if (d || now - sinceMs > WIRE_WAIT_MS) {
+      if (d || now - sinceMs > waitMs) {
         this.waiting.splice(i, 1);
-        if (d) this.histogram.observe(Math.max(0, Number(this.opts.clock.wallNs(p.hops[0]!.tsNs) - d.wallNs)));
+        if (d) {
+          this.counts.paired++;
+          // the sender's clock ahead of ours: never a negative latency, but say how often
+          const ns = Number(this.opts.clock.wallNs(p.hops[0]!.tsNs) - d.wallNs);
+          if (ns < 0) this.counts.clamped++;
+          this.histogram.observe(Math.max(0, ns));
+        } else {
+          this.counts.unpaired++;
+        }
         this.opts.emit(p, d ?? null);
       } else {
         i++;

@@ -1,25 +1,27 @@
 // nettrace's command line.
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { NettraceError, usageError } from '../errors';
+import { ErrorCodes, NettraceError, usageError } from '../errors';
 import { parseFlowSpec, parseProto } from '../flow/spec';
 import { detachAllLive } from '../probe/attach';
 import { cleanupEverywhere } from '../probe/cleanup';
-import { testbedDown, testbedStatus, testbedUp } from '../testbed/testbed';
+import { checkPrefix, testbedDown, testbedStatus, testbedUp } from '../testbed/testbed';
 import { CNI_MODES, isCniMode, type CniMode } from '../topology/cni';
 import { parseListenAddress } from '../export/http';
 import { otlpTracesUrl } from '../export/otlpUrl';
 import { currentNetns, listNamedNetns, namedNetns, type NetnsRef } from '../topology/netns';
 import { startAgent } from '../agent/agent';
-import { formatDiagnosis } from '../export/diagnosis';
+import { diagnosisExitCode, formatDiagnosis, VERDICT_EXIT } from '../export/diagnosis';
 import { pathToJsonLine } from '../export/json';
 import { formatPathTable } from '../export/table';
 import { formatFlow } from '../flow/spec';
 import { advise } from '../probe/advice';
 import { localTarget, runDiagnose } from '../session/diagnose';
+import type { Diagnosis } from '../flow/verdict';
 import { resolveAgents } from '../session/agentClient';
 import { connectAgents, remoteTarget, startRemoteFollow, type RemoteCluster } from '../session/remote';
 import type { PacketPath } from '../flow/path';
 import { readFileSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { startFollow, type ReadyEvent } from '../session/follow';
 import { viewCluster } from '../session/cluster';
 import { API_PORT } from '../session/protocol';
@@ -57,20 +59,70 @@ function readyLine(what: string, flow: string, r: ReadyEvent): string {
   return `ready: ${what} ${flow} on ${r.devices} devices in ${r.namespaces} namespaces (${r.attach}; ${r.modes.join(', ')})`;
 }
 
-function positiveInt(flag: string) {
+/**
+ * The longest --timeout, --seconds, --grace or --rescan: 24 hours. Node's timers take at most
+ * 2^31-1 ms (under 25 days) and fire at once beyond it, so a huge value would end a trace
+ * immediately instead of never.
+ */
+const MAX_SECONDS = 86_400;
+
+function positiveInt(flag: string, max?: { value: number; what: string }) {
   return (v: string): number => {
     if (!/^\d+$/.test(v) || Number(v) < 1) throw new InvalidArgumentError(`${flag} takes a whole number of at least 1`);
+    if (max && Number(v) > max.value) throw usageError(`${flag} ${v} is more than ${max.what}`, `give at most ${max.value}`);
     return Number(v);
   };
 }
 
-function positiveNumber(flag: string) {
+/** Milliseconds that go to a timer: at most 24 hours. */
+const timerMs = (flag: string) => positiveInt(flag, { value: MAX_SECONDS * 1000, what: '24 hours in milliseconds' });
+
+function positiveSeconds(flag: string) {
   return (v: string): number => {
     const n = Number(v);
     if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${flag} takes a number of seconds above 0`);
+    if (n > MAX_SECONDS) throw usageError(`${flag} ${v} is more than 24 hours`, `give at most ${MAX_SECONDS} seconds`);
     return n;
   };
 }
+
+/** 128 + the number of the signal follow or diagnose is stopping on, once one came. */
+let signalExitCode: number | null = null;
+
+/**
+ * Runs stop on SIGINT, SIGTERM or SIGHUP (a closed terminal or ssh session), whose default
+ * action would kill nettrace with its programs still on the devices (classic tc filters stay
+ * until removed). A second signal while stopping detaches what is left at once and exits.
+ * With exitCode, the process exits 128 + the signal's number, as a shell reports it.
+ */
+function onStopSignals(stop: (sig: NodeJS.Signals) => void, exitCode = true): void {
+  let stopping = false;
+  const handler = (sig: NodeJS.Signals) => {
+    if (exitCode) process.exitCode = signalExitCode = 128 + (osConstants.signals[sig] ?? 0);
+    if (stopping) {
+      detachAllLive();
+      process.exit();
+    }
+    stopping = true;
+    stop(sig);
+  };
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, handler);
+}
+
+/** The exit codes, for --help and the README. */
+const EXIT_CODES_HELP = `
+Exit codes:
+  0   success; diagnose: the flow is healthy
+  1   internal error (please report it); testbed status: the test cluster is down
+  2   usage: a bad option, flag or --flow
+  3   permission: not root
+  4   kernel: no BTF, or older than Linux 6.2 (tcx needs 6.6)
+  5   not found: a namespace, device, pod or tool
+  6   BPF: loading or attaching a program failed
+  7   testbed: the test cluster could not be built or read
+  ${VERDICT_EXIT.BROKEN}  diagnose: the flow is BROKEN
+  ${VERDICT_EXIT.SLOW}  diagnose: the flow is SLOW
+  129, 130, 143  stopped by SIGHUP, SIGINT (Ctrl-C) or SIGTERM, after detaching`;
 
 /** --nodes, else the test cluster's nodes when it is up, else our own namespace (a real node). */
 function resolveNodes(list: string | undefined): NetnsRef[] {
@@ -138,7 +190,9 @@ function buildProgram(): Command {
   const program = new Command('nettrace')
     .description('Trace packets hop by hop across Kubernetes nodes with eBPF')
     .exitOverride()
-    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+    // commander's own errors are printed by fail(), in the one-line format of all the others
+    .configureOutput({ writeErr: (s) => process.stderr.write(s), outputError: () => {} })
+    .addHelpText('after', EXIT_CODES_HELP);
 
   /** What every command about one flow takes. */
   const flowCommand = (name: string, description: string) => program.command(name)
@@ -154,24 +208,23 @@ function buildProgram(): Command {
 
   flowCommand('follow', 'show each packet of a flow crossing the nine steps between two pods, live')
     .option('--count <n>', 'stop after n packets', positiveInt('--count'))
-    .option('--timeout <seconds>', 'stop after this many seconds', positiveNumber('--timeout'))
-    .option('--grace <ms>', 'report a path incomplete when its next hop has not come in this time', positiveInt('--grace'), 1000)
+    .option('--timeout <seconds>', 'stop after this many seconds (at most 86400)', positiveSeconds('--timeout'))
+    .option('--grace <ms>', 'report a path incomplete when its next hop has not come in this time', timerMs('--grace'), 1000)
     .addOption(new Option('--attach <mechanism>', 'tcx links (kernel 6.6+) or classic tc filters').choices(['tcx', 'tc']).default('tcx'))
     .action(async (o: FlowCommandOptions & { count?: number; timeout?: number; grace: number; attach: 'tcx' | 'tc' }) => {
+      // handlers first: a signal that lands while connecting or attaching must still detach everything
+      let stop: (() => void) | null = null;
+      let interrupted = false;
+      onStopSignals(() => {
+        interrupted = true;
+        if (stop) stop();
+      });
       const flow = parseFlowSpec(o.flow, o.proto !== undefined ? parseProto(o.proto) : undefined);
       const remote = await remoteCluster(o);
       if (!remote) {
         requireRoot();
         requireBtf();
       }
-      // handlers first: a signal that lands while attaching must still detach everything
-      let stop: (() => void) | null = null;
-      const onSignal = (sig: NodeJS.Signals) => {
-        process.exitCode = sig === 'SIGINT' ? 130 : 143;
-        if (stop) stop();
-      };
-      process.once('SIGINT', onSignal);
-      process.once('SIGTERM', onSignal);
       const events = {
         flow, count: o.count ?? null, timeoutS: o.timeout ?? null, graceMs: o.grace,
         onPath: (p: PacketPath) => process.stdout.write(o.output === 'json' ? pathToJsonLine(p) + '\n' : formatPathTable(p) + '\n'),
@@ -182,15 +235,18 @@ function buildProgram(): Command {
         ? startRemoteFollow({ ...events, cluster: remote })
         : startFollow({ ...events, cluster: viewCluster(resolveNodes(o.nodes), o.cni as CniMode | undefined), attach: o.attach });
       stop = session.stop;
-      if (process.exitCode) stop();
+      if (interrupted) stop();
       await session.done;
     });
 
-  flowCommand('diagnose', 'send probes of a flow (or watch it) and say where and why it breaks or slows')
+  flowCommand('diagnose', `send probes of a flow (or watch it) and say where and why it breaks or slows; exits 0 when healthy, ${VERDICT_EXIT.BROKEN} when broken, ${VERDICT_EXIT.SLOW} when slow`)
     .option('--passive', 'send nothing: watch the flow\'s real traffic')
-    .option('--seconds <s>', 'how long --passive watches', positiveNumber('--seconds'), 5)
+    .option('--seconds <s>', 'how long --passive watches (at most 86400)', positiveSeconds('--seconds'), 5)
     .addOption(new Option('--attach <mechanism>', 'tcx links (kernel 6.6+) or classic tc filters').choices(['tcx', 'tc']).default('tcx'))
     .action(async (o: FlowCommandOptions & { passive?: boolean; seconds: number; attach: 'tcx' | 'tc' }) => {
+      // as follow: handlers before anything is attached; the session detaches when the signal aborts it
+      const interrupt = new AbortController();
+      onStopSignals(() => interrupt.abort());
       const flow = parseFlowSpec(o.flow, o.proto !== undefined ? parseProto(o.proto) : undefined);
       const remote = await remoteCluster(o);
       if (!remote) {
@@ -198,12 +254,20 @@ function buildProgram(): Command {
         requireBtf();
       }
       const target = remote ? remoteTarget(flow, remote) : localTarget(flow, viewCluster(resolveNodes(o.nodes), o.cni as CniMode | undefined), o.attach);
-      const d = await runDiagnose({
-        flow, target, passive: !!o.passive, seconds: o.seconds,
-        onReady: (r) => log(readyLine('diagnosing', formatFlow(flow), r)),
-        onWarning: (s) => log(`warning: ${s}`),
-      });
+      let d: Diagnosis;
+      try {
+        d = await runDiagnose({
+          flow, target, passive: !!o.passive, seconds: o.seconds, signal: interrupt.signal,
+          onReady: (r) => log(readyLine('diagnosing', formatFlow(flow), r)),
+          onWarning: (s) => log(`warning: ${s}`),
+        });
+      } catch (err) {
+        // stopped by a signal: everything is detached, no verdict, the signal's exit code stands
+        if (interrupt.signal.aborted) return;
+        throw err;
+      }
       process.stdout.write(o.output === 'json' ? JSON.stringify(d) + '\n' : formatDiagnosis(flow, d));
+      process.exitCode = diagnosisExitCode(d);
     });
 
   program.command('agent')
@@ -220,7 +284,7 @@ function buildProgram(): Command {
     .option('--tls-cert <file>', 'serve the trace API over TLS with this certificate (PEM)')
     .option('--tls-key <file>', 'the key of --tls-cert (PEM)')
     .option('--max-sessions <n>', 'trace sessions at once', positiveInt('--max-sessions'), 4)
-    .addOption(new Option('--rescan <ms>', 'full rescan of the node\'s devices, besides link events').argParser(positiveInt('--rescan')).default(5000).hideHelp())
+    .addOption(new Option('--rescan <ms>', 'full rescan of the node\'s devices, besides link events').argParser(timerMs('--rescan')).default(5000).hideHelp())
     .addOption(new Option('--clock-skew-ms <ms>', 'add this to the agent\'s wall clock: a node whose clock is off, for tests').argParser(skewMs).hideHelp())
     .action(async (o: {
       nodes?: string; metricsAddr: string; otlpEndpoint?: string; sample: number; latencyEvery: number; peers?: string; attach: 'tcx' | 'tc'; rescan: number;
@@ -241,12 +305,11 @@ function buildProgram(): Command {
       const node = resolveAgentNode(o.nodes);
       let stop: (() => Promise<void>) | null = null;
       let stopping = false;
-      const onSignal = () => {
+      // a stopped agent exits 0: stopping it is how it ends
+      onStopSignals(() => {
         stopping = true;
         if (stop) void stop().then(() => process.exit());
-      };
-      process.once('SIGINT', onSignal);
-      process.once('SIGTERM', onSignal);
+      }, false);
       const agent = await startAgent({
         node, metricsAddr, otlpEndpoint: o.otlpEndpoint ?? null, sample: o.sample, latencyEvery: o.latencyEvery, peers, attach: o.attach, rescanMs: o.rescan,
         api: token ? { addr: apiAddr, token, tls: o.tlsCert ? { certFile: o.tlsCert, keyFile: o.tlsKey! } : null, maxSessions: o.maxSessions } : null,
@@ -261,7 +324,7 @@ function buildProgram(): Command {
   testbed.command('up')
     .description('build it (idempotent)')
     .option('--cni <mode>', 'CNI mode', 'flannel-vxlan')
-    .option('--prefix <text>', 'prepended to every namespace name', '')
+    .option('--prefix <text>', 'prepended to every namespace name (letters, digits, - _ .)', checkPrefix, '')
     .option('--pod-mtu <bytes>', 'pod eth0 MTU (default: the mode\'s; 1500 with a tunnel reproduces the seed MTU case)', positiveInt('--pod-mtu'))
     .action((o: { cni: string; prefix: string; podMtu?: number }) => {
       checkCni(o.cni);
@@ -271,7 +334,7 @@ function buildProgram(): Command {
     });
   testbed.command('down')
     .description('remove it, also after a failed up')
-    .option('--prefix <text>', 'prepended to every namespace name', '')
+    .option('--prefix <text>', 'prepended to every namespace name (letters, digits, - _ .)', checkPrefix, '')
     .action((o: { prefix: string }) => {
       requireRoot();
       const removed = testbedDown(o.prefix);
@@ -279,7 +342,7 @@ function buildProgram(): Command {
     });
   testbed.command('status')
     .description('say whether it is up')
-    .option('--prefix <text>', 'prepended to every namespace name', '')
+    .option('--prefix <text>', 'prepended to every namespace name (letters, digits, - _ .)', checkPrefix, '')
     .action((o: { prefix: string }) => {
       const s = testbedStatus(o.prefix);
       if (!s) {
@@ -302,6 +365,31 @@ function buildProgram(): Command {
   return program;
 }
 
+const program = buildProgram();
+
+/** The command the arguments name (`nettrace testbed up`), for the help an error points to. */
+function commandPath(argv: string[]): string {
+  const names = ['nettrace'];
+  let cmd: Command = program;
+  for (const arg of argv.slice(2)) {
+    const sub = cmd.commands.find((c) => c.name() === arg);
+    if (!sub) break;
+    names.push(arg);
+    cmd = sub;
+  }
+  return names.join(' ');
+}
+
+/**
+ * Commander's own errors (unknown option, missing value, a value an option parser refused) in
+ * the one-line format of every other error: "error: unknown option '--x'\n(Did you mean --y?)"
+ * becomes "nettrace: E_USAGE: unknown option '--x' (Did you mean --y?); see `nettrace follow --help`".
+ */
+function commanderLine(err: CommanderError, argv: string[]): string {
+  const what = err.message.replace(/^error:\s*/, '').split('\n').map((l) => l.trim()).filter(Boolean).join(' ').replace(/\.$/, '');
+  return `nettrace: E_USAGE: ${what}; see \`${commandPath(argv)} --help\``;
+}
+
 function fail(thrown: unknown): void {
   detachAllLive();
   const err = advise(thrown);
@@ -310,11 +398,15 @@ function fail(thrown: unknown): void {
     if (err.detail) process.stderr.write(err.detail.split('\n').map((l) => `  ${l}`).join('\n') + '\n');
     process.exitCode = err.exitCode;
   } else if (err instanceof CommanderError) {
-    process.exitCode = err.exitCode === 0 ? 0 : 2;
+    // help and version were asked for (exit 0), or help was shown for a missing command: printed already
+    if (err.exitCode !== 0 && err.code !== 'commander.help') process.stderr.write(commanderLine(err, process.argv) + '\n');
+    process.exitCode = err.exitCode === 0 ? 0 : ErrorCodes.USAGE.exit;
   } else {
     process.stderr.write(`nettrace: E_INTERNAL: ${(err as Error)?.stack ?? String(err)}; please report this\n`);
     process.exitCode = 1;
   }
+  // what failed while stopping on a signal was cut short by it: the exit code says the signal
+  if (signalExitCode !== null) process.exitCode = signalExitCode;
 }
 
 process.on('uncaughtException', (err) => {
@@ -322,4 +414,4 @@ process.on('uncaughtException', (err) => {
   process.exit();
 });
 
-buildProgram().parseAsync(process.argv).catch(fail);
+program.parseAsync(process.argv).catch(fail);

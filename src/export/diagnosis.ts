@@ -4,10 +4,30 @@ import { formatFlow, type FlowSpec } from '../flow/spec';
 import { STEP_NAMES } from '../topology/steps';
 import { formatDuration } from './table';
 
+export type Verdict = 'HEALTHY' | 'BROKEN' | 'SLOW';
+
+/** The word the first line shows: a slow step is a delay; anything else unhealthy is broken. */
+export function verdictOf(d: Diagnosis): Verdict {
+  return d.healthy ? 'HEALTHY' : d.cause === 'delay' ? 'SLOW' : 'BROKEN';
+}
+
+/**
+ * diagnose's exit code by verdict, so a script can tell them apart: above the error codes
+ * (1-7, src/errors.ts) so a verdict is never mistaken for nettrace failing.
+ */
+export const VERDICT_EXIT: Record<Verdict, number> = { HEALTHY: 0, BROKEN: 10, SLOW: 11 };
+
+export function diagnosisExitCode(d: Diagnosis): number {
+  return VERDICT_EXIT[verdictOf(d)];
+}
+
 export function formatDiagnosis(f: FlowSpec, d: Diagnosis): string {
   const out: string[] = [];
   const unjudged = new Set(d.not_watched?.steps ?? []);
-  out.push(`diagnose ${formatFlow(f)}: ${d.healthy ? (unjudged.size ? `HEALTHY where watched; steps ${[...unjudged].join(',')} not watched` : 'HEALTHY') : d.cause === 'delay' ? `SLOW at step ${d.step} (${d.step_name})` : `BROKEN at step ${d.step ?? '?'} (${d.step_name ?? 'unknown'})`}`);
+  const verdict = verdictOf(d);
+  const head = verdict === 'HEALTHY' ? (unjudged.size ? `HEALTHY where watched; steps ${[...unjudged].join(',')} not watched` : 'HEALTHY')
+    : verdict === 'SLOW' ? `SLOW at step ${d.step} (${d.step_name})` : `BROKEN at step ${d.step ?? '?'} (${d.step_name ?? 'unknown'})`;
+  out.push(`diagnose ${formatFlow(f)}: ${head}`);
   const seen = new Set(d.steps.map((h) => h.step));
   for (let s = 1; s <= 9; s++) {
     const hops = d.steps.filter((h) => h.step === s);
@@ -19,6 +39,7 @@ export function formatDiagnosis(f: FlowSpec, d: Diagnosis): string {
   }
   out.push(`cause: ${d.cause}${d.reason ? ` (kernel: ${d.reason})` : ''}`);
   out.push(`  ${d.detail}`);
+  for (const c of d.caveats ?? []) out.push(`caveat: ${c}`);
   out.push(`next: ${d.next}`);
   return out.join('\n') + '\n';
 }

@@ -25,7 +25,8 @@ export function parseListenAddress(s: string, flag = '--metrics-addr'): ListenAd
 export type Route = (url: URL, req: IncomingMessage) => Promise<{ status: number; type: string; body: string }>;
 
 export async function serve(addr: ListenAddress, routes: Record<string, Route>, flag = '--metrics-addr'): Promise<Server> {
-  const server = createServer((req, res) => {
+  // the timeouts below are enforced on this interval (Node's default is 30 s)
+  const server = createServer({ connectionsCheckingInterval: 1000 }, (req, res) => {
     let url: URL;
     try {
       url = new URL(req.url ?? '/', 'http://agent');

@@ -1,12 +1,12 @@
 // Sampled packets as OpenTelemetry traces over OTLP/HTTP. Ids come from
 // the packet, not from chance: every node's agent puts its spans of one packet in the
 // same trace, under the same root span id, with no aggregator in between.
-import { context, trace, TraceFlags, type HrTime, type Tracer } from '@opentelemetry/api';
+import { context, trace, TraceFlags, type Context, type HrTime, type Tracer } from '@opentelemetry/api';
 import { ExportResultCode, type ExportResult } from '@opentelemetry/core';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { NodeSDK } from '@opentelemetry/sdk-node';
-import { BatchSpanProcessor, type IdGenerator, type ReadableSpan, type SpanExporter } from '@opentelemetry/sdk-trace';
+import { BatchSpanProcessor, type BatchSpanProcessorOptions, type IdGenerator, type ReadableSpan, type Span, type SpanExporter, type SpanProcessor } from '@opentelemetry/sdk-trace';
 import { otlpTracesUrl } from './otlpUrl';
 import { stepSpanId, type Retransmit, type SampledPacket } from '../flow/sampled';
 import { ORDER } from '../probe/layout.generated';
@@ -66,6 +66,67 @@ class CountingExporter implements SpanExporter {
   }
 }
 
+/**
+ * A BatchSpanProcessor whose overflow is counted: when its queue is full the SDK drops spans with
+ * a debug line only. Its queue holds the spans handed over and not yet given to the exporter, so
+ * this keeps that count too and refuses, and counts, what the queue would drop.
+ */
+export class CountedBatchProcessor implements SpanProcessor {
+  private readonly inner: BatchSpanProcessor;
+  private readonly maxQueueSize: number;
+  private readonly onDropped: (spans: number) => void;
+  private queued = 0;
+  private closed = false;
+  private droppedCount = 0;
+
+  constructor(opts: BatchSpanProcessorOptions & { maxQueueSize: number; onDropped(spans: number): void }) {
+    const { onDropped, exporter, ...rest } = opts;
+    this.maxQueueSize = opts.maxQueueSize;
+    this.onDropped = onDropped;
+    // spans leave the queue when the processor hands them to its exporter
+    const leaving: SpanExporter = {
+      export: (spans, done) => {
+        this.queued = Math.max(0, this.queued - spans.length);
+        exporter.export(spans, done);
+      },
+      shutdown: () => exporter.shutdown(),
+      forceFlush: () => exporter.forceFlush?.() ?? Promise.resolve(),
+    };
+    this.inner = new BatchSpanProcessor({ ...rest, exporter: leaving });
+  }
+
+  /** spans refused because the queue was full, since the start */
+  get dropped(): number {
+    return this.droppedCount;
+  }
+
+  onStart(span: Span, parent: Context): void {
+    this.inner.onStart(span, parent);
+  }
+
+  onEnd(span: ReadableSpan): void {
+    // the processor ignores unsampled spans, and takes nothing once shut down
+    if (!this.closed && span.spanContext().traceFlags & TraceFlags.SAMPLED) {
+      if (this.queued >= this.maxQueueSize) {
+        this.droppedCount++;
+        this.onDropped(1);
+        return;
+      }
+      this.queued++;
+    }
+    this.inner.onEnd(span);
+  }
+
+  forceFlush(): Promise<void> {
+    return this.inner.forceFlush();
+  }
+
+  shutdown(): Promise<void> {
+    this.closed = true;
+    return this.inner.shutdown();
+  }
+}
+
 export interface SpanSinkOptions {
   endpoint: string;
   node: string;
@@ -74,6 +135,8 @@ export interface SpanSinkOptions {
   hookLabels: (order: number) => HookLabels | null;
   dropReason: (reason: number) => string;
   onExport: (ok: boolean, spans: number) => void;
+  /** spans dropped because the export queue was full */
+  onDropped?: (spans: number) => void;
   log: (line: string) => void;
 }
 
@@ -87,10 +150,19 @@ export class SpanSink {
       opts.onExport(ok, n);
       if (!ok && counting.shouldLog()) opts.log(`warning: OTLP export of ${n} spans to ${opts.endpoint} failed: ${err?.message ?? 'unknown error'} (counted in nettrace_agent_export_failures_total; retrying with the next batch)`);
     });
+    let lastDropLogMs = 0;
     this.sdk = new NodeSDK({
       resource: resourceFromAttributes({ 'service.name': 'nettrace-agent', 'host.name': opts.node, 'nettrace.node': opts.node }),
       autoDetectResources: false,
-      spanProcessors: [new BatchSpanProcessor({ exporter: counting, scheduledDelayMillis: 500, maxQueueSize: 8192, maxExportBatchSize: 512 })],
+      spanProcessors: [new CountedBatchProcessor({
+        exporter: counting, scheduledDelayMillis: 500, maxQueueSize: 8192, maxExportBatchSize: 512,
+        onDropped: (n) => {
+          opts.onDropped?.(n);
+          if (Date.now() - lastDropLogMs < 30_000) return;
+          lastDropLogMs = Date.now();
+          opts.log(`warning: the OTLP export queue to ${opts.endpoint} is full: spans are dropped (counted in nettrace_agent_spans_dropped_total)`);
+        },
+      })],
       idGenerator: this.ids,
       instrumentations: [],
       metricReaders: [],

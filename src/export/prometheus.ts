@@ -1,7 +1,7 @@
 // Prometheus metrics of one node's agent: read from the kernel's maps at
 // scrape time, so nothing is counted twice and an idle agent does no work.
 import { collectDefaultMetrics, Counter, Gauge, Registry, type Metric } from 'prom-client';
-import type { DropCount, LatencyHistogram, RetransmitCount } from '../probe/agentProbe';
+import type { DropCount, LatencyHistogram, MapFailures, RetransmitCount } from '../probe/agentProbe';
 import { ORDER } from '../probe/layout.generated';
 
 /** Labels of a hook point on this node; null when the node has no device there. */
@@ -19,11 +19,16 @@ export interface MetricsSource {
   latency(): LatencyHistogram[];
   /** step-6 (cross-node) latencies measured in userspace on sampled packets, in ns, since start */
   wireLatency(): { counts: number[]; sumNs: number } | null;
-  /** the wire step's bookkeeping: departures kept and lost, peers' answers refused (all since start) */
-  wireStats?(): { departuresRecorded: number; departuresDropped: number; peerInvalidAnswers: number; peerInvalidEntries: number; peerEvicted: number; unauthorized: number };
+  /** the wire step's bookkeeping: departures kept and lost, peers' answers refused, arrivals paired or not (all since start) */
+  wireStats?(): {
+    departuresRecorded: number; departuresDropped: number; peerInvalidAnswers: number; peerInvalidEntries: number; peerEvicted: number; unauthorized: number;
+    arrivalsPaired: number; arrivalsUnpaired: number; clamped: number;
+  };
   drops(): DropCount[];
   retransmits(): RetransmitCount[];
   lostRecords(): number;
+  /** counts the kernel could not store because a map was full, since load */
+  mapFailures(): MapFailures;
   hookLabels(order: number): HookLabels | null;
   /** the step a drop last seen at this order belongs to; null when the packet was on no path */
   dropLabels(order: number): HookLabels | null;
@@ -46,15 +51,19 @@ export const METRIC_NAMES = {
   retransmits: 'nettrace_tcp_retransmits_total',
   retransmitSegments: 'nettrace_tcp_retransmit_segments_total',
   lost: 'nettrace_lost_events_total',
+  mapFailures: 'nettrace_map_update_failures_total',
   attachedHooks: 'nettrace_agent_attached_hooks',
   attachErrors: 'nettrace_agent_attach_errors_total',
   sampled: 'nettrace_agent_sampled_packets_total',
   spans: 'nettrace_agent_spans_exported_total',
   exportFailures: 'nettrace_agent_export_failures_total',
+  spansDropped: 'nettrace_agent_spans_dropped_total',
   traceSessions: 'nettrace_agent_trace_sessions',
   traceRecords: 'nettrace_agent_trace_records_total',
   wireDepartures: 'nettrace_wire_departures_total',
   wirePeerRefused: 'nettrace_wire_peer_refused_total',
+  wireArrivals: 'nettrace_wire_arrivals_total',
+  wireClamped: 'nettrace_wire_skew_clamped_total',
   info: 'nettrace_agent_info',
 } as const;
 
@@ -97,6 +106,8 @@ export interface AgentMetrics {
   sampled: Counter;
   spans: Counter;
   exportFailures: Counter<'exporter'>;
+  /** spans the OTLP queue had no room for: inc({ node }, n) */
+  spansDropped: Counter<'node'>;
   traceSessions: Gauge;
   traceRecords: Counter<'outcome'>;
 }
@@ -136,7 +147,7 @@ export function createMetrics(src: MetricsSource): AgentMetrics {
   });
 
   const retransmitLabels = ['node', 'source_pod', 'destination_pod', 'source_ip', 'destination_ip', 'destination_port'] as const;
-  // retransmits() sums over source ports: one series per endpoint pair, not per connection
+  // the kernel keys retransmits without the source port: one series per endpoint pair, not per connection
   // both counters read the same map: once per scrape
   let flowCache: { at: number; flows: ReturnType<typeof readFlows> } | null = null;
   const byFlow = () => {
@@ -155,14 +166,13 @@ export function createMetrics(src: MetricsSource): AgentMetrics {
         retransmits: r.retransmits, segments: r.segments,
       };
     });
-    if (keep.length < all.length) {
-      const rest = { labels: { node, source_pod: '', destination_pod: '', source_ip: 'other', destination_ip: 'other', destination_port: 'other' }, retransmits: 0, segments: 0 };
-      for (let i = keep.length; i < all.length; i++) {
-        rest.retransmits += all[i]!.retransmits;
-        rest.segments += all[i]!.segments;
-      }
-      out.push(rest);
+    // always there, at 0 until the cap is passed: the series exists before the first retransmit
+    const rest = { labels: { node, source_pod: '', destination_pod: '', source_ip: 'other', destination_ip: 'other', destination_port: 'other' }, retransmits: 0, segments: 0 };
+    for (let i = keep.length; i < all.length; i++) {
+      rest.retransmits += all[i]!.retransmits;
+      rest.segments += all[i]!.segments;
     }
+    out.push(rest);
     return out;
   };
   for (const [name, help, field] of [
@@ -183,6 +193,17 @@ export function createMetrics(src: MetricsSource): AgentMetrics {
     collect() {
       this.reset();
       this.inc({ node }, src.lostRecords());
+    },
+  });
+  new Counter({
+    name: METRIC_NAMES.mapFailures,
+    help: 'Kernel map updates that failed because the map was full (or out of memory): map="retransmits" is a new flow\'s retransmit missing from nettrace_tcp_retransmits_total, map="drops" a drop missing from nettrace_drops_total.',
+    labelNames: ['node', 'map'], registers: [registry],
+    collect() {
+      const f = src.mapFailures();
+      this.reset();
+      this.inc({ node, map: 'retransmits' }, f.retransmits);
+      this.inc({ node, map: 'drops' }, f.drops);
     },
   });
   if (src.wireStats) {
@@ -209,12 +230,39 @@ export function createMetrics(src: MetricsSource): AgentMetrics {
         this.inc({ node, kind: 'unauthorized' }, s.unauthorized);
       },
     });
+    new Counter({
+      name: METRIC_NAMES.wireArrivals,
+      help: 'Sampled packets that arrived from the underlay while peers are set: paired with a peer\'s departure, so step 6 is timed (outcome="paired"), or no peer reported their departure within 2 s ("no_departure": the sending node is not in --peers, its agent did not answer, or it lost the departure): those packets have no step 6.',
+      labelNames: ['node', 'outcome'], registers: [registry],
+      collect() {
+        const s = stats();
+        this.reset();
+        this.inc({ node, outcome: 'paired' }, s.arrivalsPaired);
+        this.inc({ node, outcome: 'no_departure' }, s.arrivalsUnpaired);
+      },
+    });
+    new Counter({
+      name: METRIC_NAMES.wireClamped,
+      help: 'Step-6 times that came out negative because the two nodes\' wall clocks disagree, counted as 0 in nettrace_hop_latency_seconds: a rising rate means step 6 reads low; check NTP on both nodes.',
+      labelNames: ['node'], registers: [registry],
+      collect() {
+        const s = stats();
+        this.reset();
+        this.inc({ node }, s.clamped);
+      },
+    });
   }
   const settings = src.settings ?? {};
   new Gauge({ name: METRIC_NAMES.info, help: 'Always 1; labels tell the node this agent watches and its sampling (latency_every: 1 in N packets timed).', labelNames: ['node', ...Object.keys(settings)], registers: [registry] }).set({ node, ...settings }, 1);
 
   const exportFailures = new Counter({ name: METRIC_NAMES.exportFailures, help: 'Export batches that failed (the agent keeps running).', labelNames: ['exporter'], registers: [registry] });
   exportFailures.inc({ exporter: 'otlp' }, 0); // a zero series from the start: rate() and alerts see it
+  const spansDropped = new Counter({
+    name: METRIC_NAMES.spansDropped,
+    help: 'Spans dropped because the OTLP export queue was full (the collector is slow or down): those packets\' traces are missing or partial.',
+    labelNames: ['node'], registers: [registry],
+  });
+  spansDropped.inc({ node }, 0);
   return {
     registry,
     attachedHooks: new Gauge({ name: METRIC_NAMES.attachedHooks, help: 'tc hooks the agent has a program on.', registers: [registry] }),
@@ -222,6 +270,7 @@ export function createMetrics(src: MetricsSource): AgentMetrics {
     sampled: new Counter({ name: METRIC_NAMES.sampled, help: 'Packets picked by the consistent sampler that became traces.', registers: [registry] }),
     spans: new Counter({ name: METRIC_NAMES.spans, help: 'Spans handed to the OTLP exporter.', registers: [registry] }),
     exportFailures,
+    spansDropped,
     traceSessions: new Gauge({ name: METRIC_NAMES.traceSessions, help: 'Trace API sessions open (remote follow/diagnose).', registers: [registry] }),
     traceRecords: new Counter({
       name: METRIC_NAMES.traceRecords, help: 'Hop records of trace sessions: streamed to the caller, or lost because it read too slowly.',

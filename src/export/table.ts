@@ -42,7 +42,7 @@ export function stepsText(steps: number[]): string {
 
 export function formatPathTable(p: PacketPath): string {
   const hops = p.steps.map((h) => ({ step: h.step, row: [
-    String(h.step), h.name, h.node, h.pod ? `${h.device}@${h.pod}` : h.device, h.hook, h === p.steps[0] ? '' : `+${formatDuration(h.latency_ns)}`,
+    String(h.step), h.name, h.node, h.pod ? `${h.device}@${h.pod}` : h.device, h.hook, h === p.steps[0] ? '' : `+${formatDuration(h.latency_ns)}${h.clamped_ns ? ` (clock: ${formatDuration(h.clamped_ns)} early, shown as 0)` : ''}`,
   ] }));
   // a step the CNI mode does not have is a row of its own, in step order, saying why
   const skipped = (p.skipped ?? []).map((s) => ({ step: s.step, row: [String(s.step), s.name, s.node, `(${s.reason})`, '', ''] }));

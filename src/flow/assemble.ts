@@ -108,6 +108,11 @@ export interface AssemblerOptions {
   endpoints?: string[];
   /** nodes of the path we get no records from: their paths end there as not watched, not as drops */
   unwatched?: Unwatched[];
+  /**
+   * records come over one stream per node (agents on other machines), so one node's may lag
+   * another's: a path that reached the pod still waits for its sending node's last hooks
+   */
+  perNodeStreams?: boolean;
   now?: () => number;
 }
 
@@ -300,6 +305,9 @@ export class PathAssembler {
       // own stream; they finish the path, or the grace time does
     } else if (p.srcNode !== undefined && p.span) {
       this.arrived(p, out);
+    } else if (this.opts.perNodeStreams && this.cross && p.srcNode !== undefined && p.srcNode !== device.node && !this.sourceDone(p)) {
+      // the sending node's last hooks come over its own stream and may be behind the receiving
+      // node's: they finish the path, or the grace time does (complete, as it reached the pod)
     } else if (p.srcNode !== undefined || (!p.span && !this.cross)) {
       this.finish(p);
       out.push(this.build(p, true));
@@ -641,7 +649,9 @@ export class PathAssembler {
         ts_ns: h.ts, latency_ns: Math.max(0, h.ts - prev),
       };
       if (h.device.role === 'pod') view.pod = h.device.pod;
-      prev = Math.max(prev, h.ts);
+      if (h.ts < prev) view.clamped_ns = prev - h.ts;
+      // from this hop on, its own clock: a clamp at the wire leaves the next node's steps their times
+      prev = h.ts;
       return view;
     });
     const src = addrString(r.saddr, r.family);

@@ -13,6 +13,11 @@ export interface HopView {
   /** since the previous hop; 0 for the first */
   latency_ns: number;
   /**
+   * the hop's time came out earlier than the previous hop's by this much (two nodes' clocks, after
+   * the correction): latency_ns shows 0, never a negative time; absent when not clamped
+   */
+  clamped_ns?: number;
+  /**
    * when the hop came from another machine's agent: the clock correction applied to its ts_ns
    * (set by the caller that placed the node's clock, not by the assembler)
    */

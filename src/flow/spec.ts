@@ -17,6 +17,27 @@ export interface FlowSpec {
 
 const EXAMPLE = "e.g. --flow '10.244.1.5 -> 10.244.2.8:80'";
 
+/**
+ * An IPv4-mapped IPv6 address (`::ffff:10.244.1.5`, as dual-stack sockets and logs print IPv4
+ * peers) as the IPv4 address it names: the packets on the wire are IPv4, and an IPv6 match
+ * would never see them. Any other address is returned as given.
+ */
+export function unmapIPv4(addr: string): string {
+  if (!isIPv6(addr)) return addr;
+  let host: string;
+  try {
+    // the URL parser writes every spelling (::ffff:a.b.c.d, 0:0:0:0:0:ffff:..., upper case) one way
+    host = new URL(`http://[${addr}]/`).hostname;
+  } catch {
+    return addr; // e.g. a zone index (fe80::1%eth0): not a mapped address
+  }
+  const m = /^\[::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})\]$/.exec(host);
+  if (!m) return addr;
+  const hi = parseInt(m[1]!, 16);
+  const lo = parseInt(m[2]!, 16);
+  return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
+}
+
 function endpoint(text: string, side: string): { addr: string; port: number } {
   const t = text.trim();
   let addr = t;
@@ -29,6 +50,7 @@ function endpoint(text: string, side: string): { addr: string; port: number } {
     [addr, port] = t.split(':') as [string, string];
   }
   if (!isIPv4(addr) && !isIPv6(addr)) throw usageError(`--flow: ${side} "${t}" is not an IP address`, `write SRC[:PORT] -> DST[:PORT], ${EXAMPLE}`);
+  addr = unmapIPv4(addr);
   if (port === undefined) return { addr, port: 0 };
   if (!/^\d+$/.test(port) || Number(port) < 1 || Number(port) > 65535) {
     throw usageError(`--flow: ${side} port "${port}" is not a port (1-65535)`, `give a port number or leave it out, ${EXAMPLE}`);

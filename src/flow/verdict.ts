@@ -23,6 +23,8 @@ export interface Diagnosis {
   steps: HopView[];
   /** steps on a node nothing watched (no agent there): not judged, neither healthy nor broken */
   not_watched?: { node: string; reason: string; steps: number[] };
+  /** what limits the conclusion, e.g. records nettrace itself lost; diagnose() always sets it, [] when nothing does */
+  caveats?: string[];
 }
 
 export interface DiagnoseInput {
@@ -35,6 +37,8 @@ export interface DiagnoseInput {
   /** a device's MTU by node and name */
   mtu: (node: string, dev: string) => number | null;
   dst: string;
+  /** hop records lost on the way to us (a full ring, a slow reader), and why */
+  lostRecords?: { records: number; why: string[] };
 }
 
 const DELAY_MIN_NS = 1_000_000;
@@ -79,6 +83,17 @@ function whyStopped(p: PacketPath, input: DiagnoseInput): Diagnosis | null {
 }
 
 export function diagnose(input: DiagnoseInput): Diagnosis {
+  const d = judge(input);
+  const caveats: string[] = [];
+  const lost = input.lostRecords;
+  // a probe whose records we lost looks like a probe the network lost
+  if (d.cause === 'loss' && lost && lost.records > 0) {
+    caveats.push(`${lost.records} hop records were lost before nettrace read them (${lost.why.join('; ') || 'unknown'}): some probes counted as lost may have arrived, so part of the loss may be nettrace's own; run diagnose again to confirm`);
+  }
+  return { ...d, caveats };
+}
+
+function judge(input: DiagnoseInput): Diagnosis {
   // a probe that crossed every step we watch, up to a node nothing watches, is judged on those steps
   const complete = input.paths.filter((p) => p.complete || (!p.drop && p.not_watched));
   const unjudged = complete.find((p) => p.not_watched)?.not_watched;

@@ -12,6 +12,8 @@ export interface Attachment {
   /** classic tc only: this attach created the clsact qdisc, so it is ours to remove */
   readonly ownsQdisc: boolean;
   detach(): void;
+  /** Forget it without touching the kernel: its device went away with its namespace. */
+  abandon(): void;
 }
 
 const BPF_TCX_INGRESS = 46;
@@ -22,14 +24,26 @@ const TC_HOOK_SIZE = 24;
 const TC_OPTS_SIZE = 32;
 const EEXIST = 17;
 const ENOENT = 2;
+/** link_create flag: put the program before the others on the hook (uapi BPF_F_BEFORE) */
+const BPF_F_BEFORE = 1 << 3;
+/** bpf_link_create_opts up to its flags field, zero-padded: libbpf passes flags to the kernel for tcx */
+const LINK_OPTS_SIZE = 16;
 
 /**
  * A tcx link: the kernel detaches it when its fd closes, so a killed process
  * leaves nothing behind, and it runs alongside other tools' programs.
+ * first: ahead of every program already there. A program that ends the chain (returns
+ * OK, REDIRECT or SHOT, as Cilium's and Calico's do) hides the packet from those after it.
  */
-export function attachTcx(progFd: number, ifindex: number, direction: TcDirection): Attachment {
+export function attachTcx(progFd: number, ifindex: number, direction: TcDirection, first = false): Attachment {
   const attachType = direction === 'ingress' ? BPF_TCX_INGRESS : BPF_TCX_EGRESS;
-  const fd = c.bpf_link_create(progFd, ifindex, attachType, null) as number;
+  let opts: Buffer | null = null;
+  if (first) {
+    opts = Buffer.alloc(LINK_OPTS_SIZE);
+    opts.writeBigUInt64LE(BigInt(LINK_OPTS_SIZE), 0);
+    opts.writeUInt32LE(BPF_F_BEFORE, 8);
+  }
+  const fd = c.bpf_link_create(progFd, ifindex, attachType, opts) as number;
   if (fd < 0) throw new LibbpfError('attach-tcx', `tcx ${direction} attach to ifindex ${ifindex}`, fd);
   let open = true;
   return {
@@ -37,6 +51,10 @@ export function attachTcx(progFd: number, ifindex: number, direction: TcDirectio
     detach() {
       if (open) c.close(fd);
       open = false;
+    },
+    // the fd is ours whatever became of the device: closing it is always right
+    abandon() {
+      this.detach();
     },
   };
 }
@@ -67,6 +85,10 @@ export function attachTc(progFd: number, ifindex: number, direction: TcDirection
     mechanism: 'tc', ifindex, direction, ownsQdisc: created === 0,
     detach() {
       if (attached) detachTc(ifindex, direction, tag);
+      attached = false;
+    },
+    // the ifindex means nothing outside its namespace: another device may carry it here
+    abandon() {
       attached = false;
     },
   };

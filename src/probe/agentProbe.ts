@@ -2,7 +2,7 @@
 // tracepoints, and the maps userspace reads on scrape (see docs/architecture.md, data path).
 import { BpfObject, possibleCpus, RingReader } from '../libbpf';
 import type { BpfMap, BpfProgram, RecordHandler } from '../libbpf';
-import { AGENT, CONFIG_FIELDS, DROP_KEY_FIELDS, LATENCY_FIELDS, LATENCY_SIZE, RETRANS_KEY_FIELDS, RETRANS_VALUE_FIELDS } from './layout.generated';
+import { AGENT, CONFIG_FIELDS, DROP_KEY_FIELDS, LATENCY_FIELDS, LATENCY_SIZE, MAP_FAIL, RETRANS_KEY_FIELDS, RETRANS_VALUE_FIELDS } from './layout.generated';
 import { writeVxlanPorts } from './config';
 import { bpfObjectPath } from './paths';
 
@@ -38,6 +38,12 @@ export interface RetransmitCount {
   dport: number;
   retransmits: number;
   segments: number;
+}
+
+/** Kernel map updates that failed (the map was full): counts missing from that map. */
+export interface MapFailures {
+  retransmits: number;
+  drops: number;
 }
 
 export const DEFAULT_LATENCY_EVERY = 8;
@@ -135,35 +141,34 @@ export class AgentProbe {
   }
 
   /**
-   * Retransmits summed over the source port: one entry per (source, destination, port).
+   * Retransmits by (source, destination, port): the kernel keys them without the source port.
    * Read a batch at a time, so 100k flows in the map do not mean 100k objects at once.
    */
   retransmits(): RetransmitCount[] {
     const map = this.obj.map(M.nt_retrans);
     const K = RETRANS_KEY_FIELDS;
     const V = RETRANS_VALUE_FIELDS;
-    const sums = new Map<string, RetransmitCount>();
+    const out: RetransmitCount[] = [];
     map.lookupChunks((keys, values, got) => {
       for (let i = 0; i < got; i++) {
         const k = i * map.keySize;
         const v = i * map.valueSize;
-        const dport = keys.readUInt16LE(k + K.dport.offset);
-        const id = keys.toString('latin1', k + K.saddr.offset, k + K.daddr.offset + K.daddr.length) + dport;
-        let e = sums.get(id);
-        if (!e) {
-          e = {
-            family: keys.readUInt8(k + K.family.offset),
-            saddr: Uint8Array.from(keys.subarray(k + K.saddr.offset, k + K.saddr.offset + K.saddr.length)),
-            daddr: Uint8Array.from(keys.subarray(k + K.daddr.offset, k + K.daddr.offset + K.daddr.length)),
-            dport, retransmits: 0, segments: 0,
-          };
-          sums.set(id, e);
-        }
-        e.retransmits += Number(values.readBigUInt64LE(v + V.retransmits.offset));
-        e.segments += Number(values.readBigUInt64LE(v + V.segments.offset));
+        out.push({
+          family: keys.readUInt8(k + K.family.offset),
+          saddr: Uint8Array.from(keys.subarray(k + K.saddr.offset, k + K.saddr.offset + K.saddr.length)),
+          daddr: Uint8Array.from(keys.subarray(k + K.daddr.offset, k + K.daddr.offset + K.daddr.length)),
+          dport: keys.readUInt16LE(k + K.dport.offset),
+          retransmits: Number(values.readBigUInt64LE(v + V.retransmits.offset)),
+          segments: Number(values.readBigUInt64LE(v + V.segments.offset)),
+        });
       }
     });
-    return [...sums.values()];
+    return out;
+  }
+
+  mapFailures(): MapFailures {
+    const n = this.perCpuArray(this.obj.map(M.nt_map_fail));
+    return { retransmits: n[MAP_FAIL.RETRANS] ?? 0, drops: n[MAP_FAIL.DROPS] ?? 0 };
   }
 
   lostRecords(): number {

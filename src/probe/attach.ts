@@ -3,7 +3,7 @@ import { attachTc, attachTcx, destroyClsact, inNetns, type Attachment, type BpfP
 import type { NettraceError } from '../errors';
 import { advise } from './advice';
 import type { Device } from '../topology/model';
-import { hasTcFilters, TC_TAG } from './tctag';
+import { forgetClsact, hasTcFilters, newTcTag, recordClsact } from './tctag';
 
 export type AttachMechanism = 'tcx' | 'tc';
 
@@ -28,22 +28,28 @@ export function attachAll(devices: Device[], programs: ProgramChoice, mechanism:
   const set: HookSet = {
     attachments,
     detach() {
-      // pod namespaces may be gone already; a tcx link fd closes regardless
       const detached = attachments.splice(0);
+      const gone = new Set<Device>();
       for (const { device, attachment } of detached) {
         try {
           inNetns(device.netns.path, () => attachment.detach());
         } catch {
-          attachment.detach();
+          // the pod's namespace is gone, and the device with it: its ifindex may name another
+          // device here, so touch nothing (a tcx link's fd is still ours to close)
+          attachment.abandon();
+          gone.add(device);
         }
       }
       // a clsact qdisc we created goes too, once no filter (ours or another tool's) is left on it
-      for (const { device } of detached.filter((d) => d.attachment.ownsQdisc)) {
+      for (const { device } of detached.filter((d) => d.attachment.ownsQdisc && !gone.has(d.device))) {
         try {
           const ns = device.netns.path ? device.netns.name : null;
-          if (!hasTcFilters(ns, device.name)) inNetns(device.netns.path, () => destroyClsact(device.ifindex));
+          if (!hasTcFilters(ns, device.name)) {
+            inNetns(device.netns.path, () => destroyClsact(device.ifindex));
+            forgetClsact(device.netns, device.ifindex);
+          }
         } catch {
-          // the namespace is gone, and the qdisc with it
+          // the namespace went meanwhile, and the qdisc with it
         }
       }
       live.delete(set);
@@ -58,7 +64,9 @@ export function attachAll(devices: Device[], programs: ProgramChoice, mechanism:
           if (!prog) continue;
           const fd = prog.fd;
           try {
-            const a = mechanism === 'tcx' ? attachTcx(fd, device.ifindex, dir) : attachTc(fd, device.ifindex, dir, TC_TAG);
+            // tcx: first on the hook, so a program that ends the chain (Cilium, Calico eBPF) cannot hide packets from us
+            const a = mechanism === 'tcx' ? attachTcx(fd, device.ifindex, dir, true) : attachTc(fd, device.ifindex, dir, newTcTag());
+            if (a.ownsQdisc) recordClsact(device.netns, device.ifindex, device.name);
             attachments.push({ device, attachment: a });
           } catch (err) {
             throw advise(err, `failed to attach to ${device.name} ${dir} in ${device.netns.name}`);

@@ -1,9 +1,10 @@
-// Remove what a killed nettrace may have left: our tagged classic-tc filters (tcx links die with
-// their process and need nothing). Looks in every named namespace and our own.
+// Remove what a killed nettrace left behind: our classic-tc filters whose owning process is gone
+// (tcx links die with their process and need nothing), and a clsact qdisc only where we recorded
+// creating it and no filter is left on it. Another tool's filters, and a live nettrace's, stay.
 import { destroyClsact, detachTc, inNetns } from '../libbpf';
 import { ipJson } from '../exec';
 import { currentNetns, listNamedNetns, type NetnsRef, namedNetns } from '../topology/netns';
-import { hasTcFilters, TC_TAG } from './tctag';
+import { clsactRecorded, forgetClsact, hasTcFilters, isOurs, listTcFilters, ownerAlive, ownerPid, pruneClsactRecords, type TcFilter } from './tctag';
 
 export interface Removed {
   netns: string;
@@ -15,19 +16,29 @@ export function cleanupNetns(ns: NetnsRef): Removed[] {
   const removed: Removed[] = [];
   const nsArg = ns.path ? ns.name : null;
   const links = ipJson<{ ifindex: number; ifname: string }[]>(nsArg, ['link', 'show']);
-  inNetns(ns.path, () => {
-    for (const l of links) {
-      let ours = false;
-      for (const hook of ['ingress', 'egress'] as const) {
-        if (detachTc(l.ifindex, hook, TC_TAG)) {
-          removed.push({ netns: ns.name, device: l.ifname, hook });
-          ours = true;
-        }
+  for (const l of links) {
+    const stale: { hook: 'ingress' | 'egress'; f: TcFilter }[] = [];
+    for (const hook of ['ingress', 'egress'] as const) {
+      let filters: TcFilter[];
+      try {
+        filters = listTcFilters(nsArg, l.ifname, hook);
+      } catch {
+        continue; // tc cannot tell what is there: leave it all
       }
-      // the clsact qdisc goes too when nothing else uses it
-      if (ours && !hasTcFilters(nsArg, l.ifname)) destroyClsact(l.ifindex);
+      for (const f of filters) if (isOurs(f) && !ownerAlive(ownerPid(f.handle))) stale.push({ hook, f });
     }
-  });
+    const recorded = clsactRecorded(ns, l.ifindex, l.ifname);
+    if (!stale.length && !recorded) continue;
+    inNetns(ns.path, () => {
+      for (const { hook, f } of stale) {
+        if (detachTc(l.ifindex, hook, { handle: f.handle, priority: f.pref })) removed.push({ netns: ns.name, device: l.ifname, hook });
+      }
+      if (recorded && !hasTcFilters(nsArg, l.ifname)) {
+        destroyClsact(l.ifindex);
+        forgetClsact(ns, l.ifindex);
+      }
+    });
+  }
   return removed;
 }
 
@@ -39,5 +50,6 @@ export function cleanupEverywhere(): Removed[] {
       return [];
     }
   })];
+  pruneClsactRecords(all);
   return all.flatMap(cleanupNetns);
 }

@@ -28,6 +28,12 @@ export const HOOK = {
   EGRESS: 1,
 } as const;
 
+export const MAP_FAIL = {
+  RETRANS: 0,
+  DROPS: 1,
+  COUNT: 2,
+} as const;
+
 /** Programs and maps of bpf/hop.bpf.c, as named in its object's BTF. */
 export const HOP = {
   programs: {
@@ -68,6 +74,7 @@ export const AGENT = {
     nt_lat: 'nt_lat',
     nt_drops: 'nt_drops',
     nt_retrans: 'nt_retrans',
+    nt_map_fail: 'nt_map_fail',
     nt_netns: 'nt_netns',
   },
   /** [order]: the program for each hook point (enum nt_order) */
@@ -137,14 +144,13 @@ export const DROP_KEY_FIELDS = {
   _pad: { offset: 5, kind: 'bytes', length: 3 },
 } as const;
 
-export const RETRANS_KEY_SIZE = 40;
+export const RETRANS_KEY_SIZE = 36;
 export const RETRANS_KEY_FIELDS = {
   saddr: { offset: 0, kind: 'bytes', length: 16 },
   daddr: { offset: 16, kind: 'bytes', length: 16 },
-  sport: { offset: 32, kind: 'u16', length: 2 },
-  dport: { offset: 34, kind: 'u16', length: 2 },
-  family: { offset: 36, kind: 'u8', length: 1 },
-  _pad: { offset: 37, kind: 'bytes', length: 3 },
+  dport: { offset: 32, kind: 'u16', length: 2 },
+  family: { offset: 34, kind: 'u8', length: 1 },
+  _pad: { offset: 35, kind: 'u8', length: 1 },
 } as const;
 
 export const RETRANS_VALUE_SIZE = 16;

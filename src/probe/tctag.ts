@@ -1,12 +1,94 @@
-// How our classic-tc filters are recognised, and whether a device still has any filter.
-import type { TcTag } from '../libbpf';
+// How our classic-tc filters are told from other tools' on the same hook. A filter is ours when
+// it has our priority and runs a program named nt_*; its handle carries the owning process's id,
+// so cleanup removes only what a process that is gone left behind, never a live agent's. A clsact
+// qdisc is ours to remove only where we recorded creating it (a file per qdisc under /run).
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import type { TcDirection, TcTag } from '../libbpf';
 import { run } from '../exec';
+import type { NetnsRef } from '../topology/netns';
 
-/** Our classic-tc filters carry this handle and priority, so cleanup finds them. */
-export const TC_TAG: TcTag = { handle: 0x4e54, priority: 0x4e54 };
+export const TC_PRIORITY = 0x4e54;
+/** the handle's low bits count a process's attachments, the high bits hold its pid (up to 2^22) */
+const SEQ_BITS = 10;
+let seq = 0;
 
-/** ns: ip/tc -n name, null for our own namespace. */
+/** A tag for one attachment of this process. */
+export function newTcTag(): TcTag {
+  seq = (seq + 1) & ((1 << SEQ_BITS) - 1);
+  return { handle: ((process.pid << SEQ_BITS) | seq) >>> 0, priority: TC_PRIORITY };
+}
+
+export function ownerPid(handle: number): number {
+  return handle >>> SEQ_BITS;
+}
+
+/** A process that may still hold its filters: any process with that pid (a reused pid keeps them, the safe side). */
+export function ownerAlive(pid: number): boolean {
+  return pid > 0 && existsSync(`/proc/${pid}`);
+}
+
+export interface TcFilter {
+  kind: string;
+  pref: number;
+  /** 0 when tc shows none */
+  handle: number;
+  /** the BPF program's name, for bpf filters */
+  prog: string | null;
+}
+
+/** ns: ip/tc -n name, null for our own namespace. Throws when tc cannot tell: callers fail closed. */
+export function listTcFilters(ns: string | null, dev: string, dir: TcDirection): TcFilter[] {
+  const out = run('tc', [...(ns ? ['-n', ns] : []), '-j', 'filter', 'show', 'dev', dev, dir]).trim();
+  const rows = (out ? JSON.parse(out) : []) as { kind?: string; pref?: number; options?: { handle?: string; prog?: { name?: string } } }[];
+  // tc prints a header row per priority and a row per filter (with options): keep the filters
+  return rows.filter((r) => r.options).map((r) => ({
+    kind: r.kind ?? '', pref: r.pref ?? 0,
+    handle: r.options?.handle ? Number.parseInt(r.options.handle, 16) : 0,
+    prog: r.options?.prog?.name ?? null,
+  }));
+}
+
+export function isOurs(f: TcFilter): boolean {
+  return f.kind === 'bpf' && f.pref === TC_PRIORITY && !!f.prog?.startsWith('nt_');
+}
+
+/** Whether a device has any filter, ours or another tool's; true when tc cannot tell. */
 export function hasTcFilters(ns: string | null, dev: string): boolean {
-  const args = (dir: string) => [...(ns ? ['-n', ns] : []), 'filter', 'show', 'dev', dev, dir];
-  return ['ingress', 'egress'].some((d) => run('tc', args(d), { allowFail: true }).trim() !== '');
+  try {
+    return ['ingress', 'egress'].some((d) => listTcFilters(ns, dev, d as TcDirection).length > 0);
+  } catch {
+    return true;
+  }
+}
+
+const CLSACT_DIR = '/run/nettrace/clsact';
+
+function clsactRecord(netns: NetnsRef, ifindex: number): string {
+  return `${CLSACT_DIR}/${netns.ino}-${ifindex}`;
+}
+
+/** We created this device's clsact: a later process (cleanup after kill -9) may remove it. */
+export function recordClsact(netns: NetnsRef, ifindex: number, ifname: string): void {
+  mkdirSync(CLSACT_DIR, { recursive: true });
+  writeFileSync(clsactRecord(netns, ifindex), ifname);
+}
+
+/** the device's name is kept too: an ifindex reused by another tool's device is not ours */
+export function clsactRecorded(netns: NetnsRef, ifindex: number, ifname: string): boolean {
+  try {
+    return readFileSync(clsactRecord(netns, ifindex), 'utf8') === ifname;
+  } catch {
+    return false;
+  }
+}
+
+export function forgetClsact(netns: NetnsRef, ifindex: number): void {
+  rmSync(clsactRecord(netns, ifindex), { force: true });
+}
+
+/** Records of namespaces that no longer exist: their qdiscs went with them. */
+export function pruneClsactRecords(live: NetnsRef[]): void {
+  if (!existsSync(CLSACT_DIR)) return;
+  const inos = new Set(live.map((n) => String(n.ino)));
+  for (const f of readdirSync(CLSACT_DIR)) if (!inos.has(f.split('-')[0]!)) rmSync(`${CLSACT_DIR}/${f}`, { force: true });
 }

@@ -49,7 +49,7 @@ export async function resolveAgents(list: string, auth: ClientAuth): Promise<URL
 }
 
 export class AgentError extends Error {
-  constructor(readonly url: string, message: string, readonly status?: number) {
+  constructor(readonly url: string, message: string) {
     super(message);
   }
 }
@@ -142,7 +142,7 @@ export class AgentClient {
     } catch {
       // not JSON: the text as it is
     }
-    return new AgentError(this.label, status === 401 ? 'refused the token (HTTP 401): give the same --token-file as the agents' : `answered HTTP ${status}: ${why}`, status);
+    return new AgentError(this.label, status === 401 ? 'refused the token (HTTP 401): give the same --token-file as the agents' : `answered HTTP ${status}: ${why}`);
   }
 
   private send(method: string, path: string, body: unknown, timeoutMs: number, agent: HttpAgent | false): Promise<IncomingMessage> {

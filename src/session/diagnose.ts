@@ -7,7 +7,7 @@ import type { PacketPath } from '../flow/path';
 import type { FlowSpec } from '../flow/spec';
 import type { AttachMechanism } from '../probe/attach';
 import { checkReach, forwardDropRules, type ReachCheck } from '../topology/inspect';
-import { findPodByIp, type ClusterTopology, type Pod } from '../topology/model';
+import { findPodByIp, type ClusterTopology, type NodeTopology, type Pod } from '../topology/model';
 import type { Service } from '../topology/services';
 import { nodeNames, type ClusterView } from './cluster';
 import { startFollow, type FollowSession, type ReadyEvent } from './follow';
@@ -21,12 +21,19 @@ export interface NodeFacts {
   mtus: Record<string, number>;
 }
 
+/** What this machine's node says, read here: a local diagnose, or an agent for a remote one. */
+export function nodeFacts(node: NodeTopology, dst: string): NodeFacts {
+  const mtus: Record<string, number> = {};
+  for (const d of [node.underlay, node.tunnel, node.bridge]) if (d) mtus[d.name] = d.mtu;
+  return { reach: checkReach(node, dst), dropRules: forwardDropRules(node), mtus };
+}
+
 export interface DiagnoseTarget {
   /** the nodes, for messages */
   where: string;
   topology: ClusterTopology;
   services: Service[];
-  follow(h: { graceMs: number; onPath(p: PacketPath): void; onReady(r: ReadyEvent): void; onWarning?(m: string): void }): FollowSession;
+  follow(h: { graceMs: number; onPath(p: PacketPath): void; onReady(r: ReadyEvent): void; onWarning?(m: string): void; onLost?(records: number, why: string): void }): FollowSession;
   sendProbes(pod: Pod): Promise<void>;
   inspect(node: string, dst: string): Promise<NodeFacts>;
 }
@@ -37,12 +44,7 @@ export function localTarget(flow: FlowSpec, cluster: ClusterView, attach: Attach
     where: nodeNames(cluster), topology, services: cluster.services,
     follow: (h) => startFollow({ flow, cluster, attach, ...h }),
     sendProbes: (pod) => sendProbes(pod.netns.name, flow, pod.eth.mtu),
-    inspect: async (name, dst) => {
-      const node = topology.nodes.find((n) => n.name === name)!;
-      const mtus: Record<string, number> = {};
-      for (const d of [node.underlay, node.tunnel, node.bridge]) if (d) mtus[d.name] = d.mtu;
-      return { reach: checkReach(node, dst), dropRules: forwardDropRules(node), mtus };
-    },
+    inspect: async (name, dst) => nodeFacts(topology.nodes.find((n) => n.name === name)!, dst),
   };
 }
 
@@ -54,6 +56,8 @@ export interface DiagnoseSessionOptions {
   seconds: number;
   onReady?(r: ReadyEvent): void;
   onWarning?(message: string): void;
+  /** aborted (a signal): stop waiting, detach, and throw the abort reason instead of judging */
+  signal?: AbortSignal;
 }
 
 /**
@@ -62,10 +66,41 @@ export interface DiagnoseSessionOptions {
  */
 const GRACE_MS = 3000;
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Waits ms, or less when signal aborts: a Ctrl-C must not sit out the grace time with programs attached. */
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
+
+/** Settles when p does, or resolves early when signal aborts (p's later outcome is then ignored). */
+function orAbort(p: Promise<unknown>, signal?: AbortSignal): Promise<unknown> {
+  if (!signal) return p;
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return resolve(undefined);
+    const onAbort = () => resolve(undefined);
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then((v) => {
+      signal.removeEventListener('abort', onAbort);
+      resolve(v);
+    }, (err: unknown) => {
+      signal.removeEventListener('abort', onAbort);
+      reject(err);
+    });
+  });
+}
 
 export async function runDiagnose(opts: DiagnoseSessionOptions): Promise<Diagnosis> {
   const f = opts.flow;
+  const signal = opts.signal;
+  signal?.throwIfAborted();
   const { topology, services } = opts.target;
   const pod = findPodByIp(topology, f.src);
   // the source pod's probes to a ClusterIP go through the node's DNAT like any client's
@@ -83,6 +118,8 @@ export async function runDiagnose(opts: DiagnoseSessionOptions): Promise<Diagnos
   }
 
   const paths: PacketPath[] = [];
+  // records we lost make probes look lost: the verdict says so
+  const lost = { records: 0, why: new Set<string>() };
   let stopping = false;
   let readyNs = Number.MAX_SAFE_INTEGER;
   let ready: () => void = () => {};
@@ -95,6 +132,10 @@ export async function runDiagnose(opts: DiagnoseSessionOptions): Promise<Diagnos
       ready();
     },
     onWarning: opts.onWarning,
+    onLost: (n, why) => {
+      lost.records += n;
+      lost.why.add(why);
+    },
     onPath: (p) => {
       // cut off by our own stop, or begun before every hook was on: not a lost packet
       if (!p.complete && ((p.steps[0]?.ts_ns ?? 0) < readyNs || (stopping && !p.drop?.kernel_reason && !p.not_watched))) return;
@@ -103,18 +144,20 @@ export async function runDiagnose(opts: DiagnoseSessionOptions): Promise<Diagnos
   });
   const podMtu = pod?.eth.mtu ?? 1500;
   try {
-    await Promise.race([isReady, session.done]);
-    if (opts.passive) await sleep(opts.seconds * 1000);
+    await orAbort(Promise.race([isReady, session.done]), signal);
+    if (opts.passive) await sleep(opts.seconds * 1000, signal);
     else {
-      await sleep(100);
-      await opts.target.sendProbes(pod!);
+      await sleep(100, signal);
+      if (!signal?.aborted) await orAbort(opts.target.sendProbes(pod!), signal);
     }
-    await sleep(GRACE_MS + 300);
+    await sleep(GRACE_MS + 300, signal);
   } finally {
     stopping = true;
     session.stop();
     await session.done;
   }
+  // interrupted: the programs are off; half the probes' paths are no verdict
+  signal?.throwIfAborted();
 
   // a ClusterIP is routed as the endpoint it is translated to
   const routedDst = services.find((s) => s.clusterIp === f.dst)?.endpoints[0]?.ip ?? f.dst;
@@ -130,5 +173,6 @@ export async function runDiagnose(opts: DiagnoseSessionOptions): Promise<Diagnos
     dropRules: (n) => facts.get(n)?.dropRules ?? [],
     mtu: (n, dev) => facts.get(n)?.mtus[dev] ?? null,
     dst: f.dst,
+    lostRecords: { records: lost.records, why: [...lost.why] },
   });
 }

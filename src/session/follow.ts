@@ -32,6 +32,8 @@ export interface FollowRequestOptions {
   onPath(p: PacketPath): void;
   onReady?(r: ReadyEvent): void;
   onWarning?(message: string): void;
+  /** hop records lost before they were read (a full ring, a slow reader): paths may lack hops */
+  onLost?(records: number, why: string): void;
 }
 
 export interface FollowSessionOptions extends FollowRequestOptions {
@@ -86,7 +88,10 @@ export function startFollow(opts: FollowSessionOptions): FollowSession {
     release: () => feed.detach(),
     close: () => {
       const lost = feed.lost();
-      if (lost > 0) opts.onWarning?.(`${lost} records lost (ring buffer full): some paths may be incomplete`);
+      if (lost > 0) {
+        opts.onLost?.(lost, 'the ring buffer was full');
+        opts.onWarning?.(`${lost} records lost (ring buffer full): some paths may be incomplete`);
+      }
       feed.close();
     },
   });

@@ -125,8 +125,9 @@ export type StreamMessage =
   | { type: 'tick' }
   | { type: 'end'; reason: string };
 
-export function encodeHops(records: Buffer[]): StreamMessage {
-  return { type: 'hops', n: records.length, b64: Buffer.concat(records).toString('base64') };
+/** The first n records of a buffer of packed records. */
+export function encodeHops(records: Buffer, n: number): StreamMessage {
+  return { type: 'hops', n, b64: records.toString('base64', 0, n * HOP_RECORD_SIZE) };
 }
 
 export function decodeHops(m: { n: number; b64: string }): HopRecord[] {

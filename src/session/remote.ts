@@ -111,7 +111,8 @@ export function startRemoteFollow(opts: RemoteFollowOptions): FollowSession {
   }
   const involved = [...new Set([srcNode, dstNode].filter((n): n is string => !!n))];
   const clocks = new Map<string, AgentClock>(involved.map((n) => [n, { estimate: new OffsetEstimate(), agentWallMinusMono: null, symmetryNs: 0, delta: 0 }]));
-  const streams = new Map<string, { stream: FollowStream; session: string | null; endedByUs: boolean }>();
+  /** per node: its stream, the session id its ready message gave, and whether we ended it */
+  const streams = new Map<string, { stream: FollowStream; state: { session: string | null; endedByUs: boolean } }>();
   const queued: { node: string; m: StreamMessage }[] = [];
   const symmetry = new WireSymmetry();
   let assembler: PathAssembler | null = null;
@@ -159,6 +160,7 @@ export function startRemoteFollow(opts: RemoteFollowOptions): FollowSession {
         for (const p of assembler.addRecord(r, node)) loop.emit(p);
       }
     } else if (m.type === 'lost') {
+      opts.onLost?.(m.records, `${m.why} on ${node}`);
       opts.onWarning?.(`${m.records} records lost on ${node} (${m.why}): some paths may be incomplete`);
     }
   };
@@ -194,11 +196,14 @@ export function startRemoteFollow(opts: RemoteFollowOptions): FollowSession {
     expire: (force) => assembler?.expire(force) ?? [],
     release: async () => {
       // ask each agent to stop: it detaches, sends what is left and ends the stream
-      await Promise.all([...streams].map(async ([, s]) => {
-        s.endedByUs = true;
-        if (s.session) await Promise.race([s.stream.ended, stopSession(s)]).catch(() => {});
-        await Promise.race([s.stream.ended, new Promise((r) => setTimeout(r, 1000))]);
-        s.stream.close();
+      await Promise.all([...streams].map(async ([node, { stream, state }]) => {
+        state.endedByUs = true;
+        if (state.session) {
+          const stop = rc.nodes.get(node)!.client.json('DELETE', `/v1/sessions/${state.session}`, undefined, 1000).catch(() => {});
+          await Promise.race([stream.ended, stop]);
+        }
+        await Promise.race([stream.ended, new Promise((r) => setTimeout(r, 1000))]);
+        stream.close();
       }));
     },
     close: () => {
@@ -207,10 +212,6 @@ export function startRemoteFollow(opts: RemoteFollowOptions): FollowSession {
       closeCluster(rc);
     },
   });
-  const stopSession = async (s: { session: string | null }) => {
-    const client = [...streams].find(([, x]) => x === s)?.[0];
-    if (client && s.session) await rc.nodes.get(client)!.client.json('DELETE', `/v1/sessions/${s.session}`, undefined, 1000).catch(() => {});
-  };
   const refresher = setInterval(() => {
     for (const n of involved) void sampleClock(n, 2);
   }, CLOCK_REFRESH_MS);
@@ -225,11 +226,12 @@ export function startRemoteFollow(opts: RemoteFollowOptions): FollowSession {
     let devices = 0;
     await Promise.all(involved.map(async (node) => {
       const client = rc.nodes.get(node)!.client;
-      const entry = { stream: null as unknown as FollowStream, session: null as string | null, endedByUs: false };
+      const state = { session: null as string | null, endedByUs: false };
+      let stream: FollowStream;
       try {
-        entry.stream = await client.follow(followRequest(f, timeoutS), (m) => {
+        stream = await client.follow(followRequest(f, timeoutS), (m) => {
           if (m.type === 'ready') {
-            entry.session = m.session;
+            state.session = m.session;
             devices += m.devices;
             clocks.get(node)!.agentWallMinusMono = BigInt(m.wall_ns) - BigInt(m.mono_ns);
             refreshDelta(node);
@@ -240,9 +242,9 @@ export function startRemoteFollow(opts: RemoteFollowOptions): FollowSession {
         unwatched.push({ side: node === srcNode ? 'source' : 'destination', node, reason: `the agent at ${client.label} refused to follow: ${(err as Error).message}` });
         return;
       }
-      streams.set(node, entry);
-      void entry.stream.ended.then((why) => {
-        if (!entry.endedByUs) opts.onWarning?.(`the agent of ${node} at ${client.label} went away mid-trace (${why}): ${node}'s hops after this are missing`);
+      streams.set(node, { stream, state });
+      void stream.ended.then((why) => {
+        if (!state.endedByUs) opts.onWarning?.(`the agent of ${node} at ${client.label} went away mid-trace (${why}): ${node}'s hops after this are missing`);
       });
     }));
     if (closed) return;
@@ -253,10 +255,13 @@ export function startRemoteFollow(opts: RemoteFollowOptions): FollowSession {
     }
     // wait for every stream's ready: its hooks are on
     const deadline = Date.now() + 10_000;
-    while ([...streams.values()].some((s) => s.session === null) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
-    assembler = new PathAssembler(f, rc.topology, { graceMs: opts.graceMs, endpoints: endpoints.map((e) => e.ip), dropReason: dropReasonName, unwatched });
+    while ([...streams.values()].some((s) => s.state.session === null) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    assembler = new PathAssembler(f, rc.topology, { graceMs: opts.graceMs, endpoints: endpoints.map((e) => e.ip), dropReason: dropReasonName, unwatched, perNodeStreams: true });
     for (const { node, m } of queued.splice(0)) handle(node, m);
-    if (queueLost) opts.onWarning?.(`${queueLost} records lost while waiting for every agent to be ready`);
+    if (queueLost) {
+      opts.onLost?.(queueLost, 'held here while waiting for every agent to be ready');
+      opts.onWarning?.(`${queueLost} records lost while waiting for every agent to be ready`);
+    }
     opts.onReady?.({
       devices, namespaces: involved.length, attach: 'tcx', modes: [...new Set(involved.map((n) => rc.nodes.get(n)!.topology.cni))],
       atNs: Number(process.hrtime.bigint()),

@@ -51,7 +51,7 @@ function birdBinary(): string {
 }
 
 function requireBird(): void {
-  if (spawnSync(birdBinary(), ['--version']).error) {
+  if (spawnSync(birdBinary(), ['--version'], { timeout: 10_000 }).error) {
     throw new NettraceError('TESTBED', 'calico-bgp needs bird2 (BGP between the nodes), and `bird` is not installed', 'install it: apt-get install bird2 (make deps does)');
   }
 }
@@ -59,7 +59,7 @@ function requireBird(): void {
 /** Whether this kernel can make an IPIP device (there is no module to load on some kernels). */
 export function kernelHasIpip(): boolean {
   // in a network namespace of its own that goes with the command: nothing to clean up
-  return spawnSync('unshare', ['-n', 'ip', 'link', 'add', 'ntipip', 'type', 'ipip', 'local', '127.0.0.2']).status === 0;
+  return spawnSync('unshare', ['-n', 'ip', 'link', 'add', 'ntipip', 'type', 'ipip', 'local', '127.0.0.2'], { timeout: 10_000 }).status === 0;
 }
 
 function requireIpip(): void {
@@ -201,7 +201,7 @@ function startBgp(state: TestbedState): void {
   for (const [self, other] of [[n1, n2], [n2, n1]] as const) {
     while (!ip(self.netns, ['route', 'show', other.podCidr]).includes(`via ${other.ip}`)) {
       if (Date.now() > deadline) throw new Error(`BGP: ${self.netns} has no route to ${other.podCidr} after 20 s (bird log: birdc -s ${birdFiles(self.netns).ctl} show protocols)`);
-      spawnSync('sleep', ['0.2']);
+      spawnSync('sleep', ['0.2'], { timeout: 5_000 });
     }
   }
 }

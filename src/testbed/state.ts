@@ -15,4 +15,9 @@ export interface TestbedState {
   pods: TestbedPod[];
   /** ClusterIP services, kube-proxy style (iptables DNAT in every node) */
   services: { name: string; clusterIp: string; port: number; endpoints: string[] }[];
+  /**
+   * Written before the first namespace is made and cleared when up succeeds: a killed or failed
+   * up still has a state file naming what it may have made, which down removes (and nothing else).
+   */
+  building?: boolean;
 }

@@ -2,7 +2,7 @@
 // the nodes and the cable between them are common, the mode makes the pod network.
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { NettraceError } from '../errors';
+import { NettraceError, usageError } from '../errors';
 import { ip, run } from '../exec';
 import type { CniMode } from '../topology/cni';
 import { buildMode, MODES, removeBirdFiles } from './modes';
@@ -34,8 +34,65 @@ function layout(prefix: string, cni: CniMode = 'flannel-vxlan'): TestbedState {
   };
 }
 
+/**
+ * A --prefix becomes part of namespace names (/run/netns/PREFIXnode1) and of the state file's
+ * name (STATE_DIR/PREFIX.json), and down deletes what those name: so no `/`, no leading `.`
+ * (no `..`), nothing a shell or `ip` would read as something else. "default" is the state file
+ * of the cluster without a prefix.
+ */
+export function checkPrefix(prefix: string): string {
+  if (prefix === '') return prefix;
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$/.test(prefix)) {
+    throw usageError(`--prefix "${prefix}" is not a namespace name prefix`, 'use up to 32 letters, digits, `-`, `_` or `.`, starting with a letter or digit, e.g. --prefix t1-');
+  }
+  if (prefix === 'default') throw usageError('--prefix default is the name of the unprefixed cluster\'s state file', 'pick another prefix, e.g. --prefix default-');
+  return prefix;
+}
+
+/** What `ip netns` accepts as a name and /run/netns holds as one file. */
+function isNetnsName(name: unknown): name is string {
+  return typeof name === 'string' && name.length <= 255 && /^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(name);
+}
+
 function statePath(prefix: string): string {
   return path.join(STATE_DIR, `${prefix || 'default'}.json`);
+}
+
+/**
+ * A state file's text, checked before anything in it is deleted: it must be what `up` wrote for
+ * this prefix, every namespace a plain name starting with the prefix.
+ */
+export function parseState(text: string, prefix: string, file = statePath(prefix)): TestbedState {
+  const bad = (why: string) => new NettraceError('TESTBED', `the testbed state file ${file} ${why}`,
+    `nettrace did not write it this way: check \`ip netns list\`, remove what is left by hand, then remove ${file}`);
+  let state: TestbedState;
+  try {
+    state = JSON.parse(text) as TestbedState;
+  } catch {
+    throw bad('is not JSON');
+  }
+  if (!state || typeof state !== 'object' || !Array.isArray(state.nodes) || !Array.isArray(state.pods)) throw bad('lists no nodes and pods');
+  if (state.prefix !== prefix) throw bad(`is for prefix "${String(state.prefix)}", not "${prefix}"`);
+  for (const ns of [...state.nodes.map((n) => n?.netns), ...state.pods.map((p) => p?.netns)]) {
+    if (!isNetnsName(ns) || !ns.startsWith(prefix)) throw bad(`names ${JSON.stringify(ns)}, not a namespace of this cluster`);
+  }
+  return state;
+}
+
+/** The namespaces a cluster's state file says up made, pods first: exactly what down deletes. */
+export function namespacesOf(state: TestbedState): string[] {
+  return [...state.pods.map((p) => p.netns), ...state.nodes.map((n) => n.netns)];
+}
+
+function readState(prefix: string): TestbedState | null {
+  const file = statePath(prefix);
+  if (!existsSync(file)) return null;
+  return parseState(readFileSync(file, 'utf8'), prefix, file);
+}
+
+function writeState(state: TestbedState): void {
+  mkdirSync(STATE_DIR, { recursive: true });
+  writeFileSync(statePath(state.prefix), JSON.stringify(state, null, 2));
 }
 
 function netnsExists(name: string): boolean {
@@ -44,25 +101,35 @@ function netnsExists(name: string): boolean {
 
 /** What `up` made, or null when no cluster with this prefix is up. */
 export function testbedStatus(prefix = ''): TestbedState | null {
-  const file = statePath(prefix);
-  if (!existsSync(file)) return null;
-  const state = JSON.parse(readFileSync(file, 'utf8')) as TestbedState;
-  const all = [...state.nodes.map((n) => n.netns), ...state.pods.map((p) => p.netns)];
-  return all.every(netnsExists) ? state : null;
+  const state = readState(checkPrefix(prefix));
+  if (!state || state.building) return null;
+  return namespacesOf(state).every(netnsExists) ? state : null;
 }
 
 export function testbedUp(opts: TestbedOptions = {}): TestbedState {
-  const prefix = opts.prefix ?? '';
+  const prefix = checkPrefix(opts.prefix ?? '');
   const cni = opts.cni ?? 'flannel-vxlan';
   const existing = testbedStatus(prefix);
   if (existing) {
     if (existing.cni === cni) return existing;
     throw new NettraceError('TESTBED', `a ${existing.cni} test cluster is up with prefix "${prefix}"`, `take it down first (nettrace testbed down${prefix ? ` --prefix ${prefix}` : ''})`);
   }
-  testbedDown(prefix); // a half-built cluster from an earlier failure
+  testbedDown(prefix); // a half-built cluster from an earlier failure: its state file lists what it made
   const state = layout(prefix, cni);
   try {
     MODES[cni].check?.();
+  } catch (err) {
+    if (err instanceof NettraceError) throw err;
+    throw new NettraceError('TESTBED', `testbed up failed: ${(err as Error).message}`, 'nothing was made');
+  }
+  // a namespace we did not make is someone else's: never build into it, never delete it later
+  const taken = namespacesOf(state).filter(netnsExists);
+  if (taken.length) {
+    throw new NettraceError('TESTBED', `network namespace${taken.length > 1 ? 's' : ''} ${taken.join(', ')} already exist${taken.length > 1 ? '' : 's'}, and no testbed state file says nettrace made ${taken.length > 1 ? 'them' : 'it'}`,
+      `pick another --prefix, or if ${taken.length > 1 ? 'they are' : 'it is'} left over, remove ${taken.length > 1 ? 'them' : 'it'}: ip netns del ${taken[0]}`);
+  }
+  writeState({ ...state, building: true });
+  try {
     build(state);
     buildMode(state, opts.podMtu);
   } catch (err) {
@@ -71,8 +138,7 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedState {
     const e = err as Error;
     throw new NettraceError('TESTBED', `testbed up failed: ${e.message}`, 'check you are root and the kernel has veth, bridge and vxlan; nothing was left behind');
   }
-  mkdirSync(STATE_DIR, { recursive: true });
-  writeFileSync(statePath(prefix), JSON.stringify(state, null, 2));
+  writeState(state);
   return state;
 }
 
@@ -91,14 +157,17 @@ function build(state: TestbedState): void {
   }
 }
 
-/** Removes everything a cluster with this prefix may have, even a half-built one. */
+/**
+ * Removes what the state file of the cluster with this prefix says up made (also a half-built
+ * one), and nothing else: no namespace is deleted for merely having a matching name.
+ */
 export function testbedDown(prefix = ''): string[] {
-  const state = layout(prefix);
-  // the namespaces' processes (a demo's HTTP server, bird) would keep them alive: killed below
+  const state = readState(checkPrefix(prefix));
+  if (!state) return [];
   const removed: string[] = [];
-  for (const ns of [...state.pods.map((p) => p.netns), ...state.nodes.map((n) => n.netns)]) {
+  for (const ns of namespacesOf(state)) {
     if (!netnsExists(ns)) continue;
-    // processes inside (a demo's HTTP server) would keep the namespace alive
+    // processes inside (a demo's HTTP server, bird) would keep the namespace alive
     const pids = run('ip', ['netns', 'pids', ns], { allowFail: true }).split('\n').filter(Boolean);
     for (const pid of pids) {
       try {

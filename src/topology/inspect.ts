@@ -39,10 +39,3 @@ export function forwardDropRules(node: NodeTopology): string[] {
   const out = ns ? run('ip', ['netns', 'exec', ns, 'iptables-save', '-t', 'filter'], { allowFail: true }) : run('iptables-save', ['-t', 'filter'], { allowFail: true });
   return out.split('\n').filter((l) => /^-A FORWARD\b.*-j (DROP|REJECT)\b/.test(l));
 }
-
-/** A device's MTU on the node, by name. */
-export function deviceMtu(node: NodeTopology, dev: string): number | null {
-  const link = ipJson<{ mtu: number }[]>(ipNs(node.netns), ['link', 'show', 'dev', dev])[0];
-  return link?.mtu ?? null;
-}
-

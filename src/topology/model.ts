@@ -51,10 +51,6 @@ export function allDevices(cluster: ClusterTopology): Device[] {
   ]);
 }
 
-export function deviceKey(netnsIno: number, ifindex: number): string {
-  return `${netnsIno}:${ifindex}`;
-}
-
 export function findPodByIp(cluster: ClusterTopology, ip: string): Pod | undefined {
   for (const n of cluster.nodes) for (const p of n.pods) if (p.ips.includes(ip)) return p;
   return undefined;

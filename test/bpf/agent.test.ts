@@ -131,6 +131,8 @@ test('a sampled TCP packet becomes one record per hook, with its key, order, hoo
   const key = (r: HopRecord) => [r.family, r.proto, [...r.saddr], [...r.daddr], r.sport, r.dport, r.seq, r.ack, r.ip_id, r.ip_len];
   assert.deepEqual(key(i), key(e));
   assert.equal(probe.lostRecords(), 0);
+  // nt_map_fail loads and reads as one count per map
+  assert.deepEqual(probe.mapFailures(), { retransmits: 0, drops: 0 });
 });
 
 test('UDP and ICMP echo: ports, and id/seq', { skip }, () => {

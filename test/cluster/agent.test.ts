@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { test, type TestContext } from 'node:test';
 import type { TestbedState } from '../../src/testbed/testbed';
 import { attr, freePort, sample, scrape, startAgent, startOtlpReceiver, startPrometheus, waitFor, type AgentRun } from '../helpers/agent';
-import { NETTRACE, nsExec, nsSpawn, withTestbed } from '../helpers/cluster';
+import { NETTRACE, nsExec, nsSpawn, sleep, withTestbed } from '../helpers/cluster';
 import { needsRoot } from '../helpers/privileged';
 import { metricNames, shippedExpressions } from '../helpers/promql';
 
@@ -19,6 +19,8 @@ async function twoAgents(t: TestContext, tb: TestbedState, extra: string[] = [])
   const ports = [await freePort(), await freePort()];
   const agents = await Promise.all(tb.nodes.map((n, i) =>
     startAgent(t, ports[i]!, ['--nodes', n.netns, '--peers', `http://127.0.0.1:${ports[1 - i]}`, ...extra])));
+  // an agent keeps departures only once a peer reads them (peers poll every 500 ms): let both read once
+  await sleep(1200);
   return { agents, ports };
 }
 

@@ -23,9 +23,11 @@ function sh(args: string[]): void {
 function runDiagnose(tb: TestbedState, extra: string[] = []): { d: Diagnosis; table: string } {
   const nodes = tb.nodes.map((n) => n.netns).join(',');
   const r = spawnSync(NETTRACE, ['diagnose', '--nodes', nodes, '--flow', `${A} -> ${B}`, '-o', 'json', ...extra], { encoding: 'utf8', timeout: 60_000 });
-  assert.equal(r.status, 0, r.stderr);
   assert.match(r.stderr, /^ready: diagnosing/m);
-  return { d: JSON.parse(r.stdout) as Diagnosis, table: '' };
+  const d = JSON.parse(r.stdout) as Diagnosis;
+  // the verdict is the exit code too: 0 healthy, 10 broken, 11 slow
+  assert.equal(r.status, d.healthy ? 0 : d.cause === 'delay' ? 11 : 10, r.stderr);
+  return { d, table: '' };
 }
 
 interface Fault {
@@ -163,7 +165,7 @@ test('diagnose: the table for a person marks the broken step; bad input is one l
   const tb = withTestbed(t, { podMtu: 1500 });
   const nodes = tb.nodes.map((n) => n.netns).join(',');
   const r = spawnSync(NETTRACE, ['diagnose', '--nodes', nodes, '--flow', `${A} -> ${B}`], { encoding: 'utf8', timeout: 60_000 });
-  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.status, 10, `BROKEN exits 10: ${r.stderr}`);
   assert.match(r.stdout, /^diagnose 10\.244\.1\.5 -> 10\.244\.2\.8 icmp: BROKEN at step 3 \(bridge\)/);
   assert.match(r.stdout, /ok 3 bridge .* <== packets stop here/);
   assert.match(r.stdout, /-- 4 routing/);

@@ -7,10 +7,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
+import { API_PORT } from '../../src/session/protocol';
 import type { TestbedState } from '../../src/testbed/testbed';
 import { NETTRACE, sleep, startNettrace, type FollowRun } from './cluster';
 
-export const API_PORT = 9966;
 
 export function tempDir(t: TestContext): string {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'nettrace-remote-'));

@@ -5,6 +5,7 @@ import { createHash } from 'node:crypto';
 import type { Server } from 'node:http';
 import { test, type TestContext } from 'node:test';
 import { WireStep, type Departure } from '../../../src/agent/wireStep';
+import { createMetrics, type MetricsSource } from '../../../src/export/prometheus';
 import { serve } from '../../../src/export/http';
 import { WallClock } from '../../../src/flow/clock';
 import type { SampledPacket } from '../../../src/flow/sampled';
@@ -29,10 +30,10 @@ interface Agent {
 }
 
 /** A WireStep as the agent runs it: its route served on 127.0.0.1 (the metrics server). */
-async function agent(t: TestContext, node: string, peers: string[], token: string | null): Promise<Agent> {
+async function agent(t: TestContext, node: string, peers: string[], token: string | null, waitMs?: number): Promise<Agent> {
   const emitted: Agent['emitted'] = [];
   const logs: string[] = [];
-  const wire = new WireStep({ node, peers, clock, token, emit: (p, d) => emitted.push({ p, d }), log: (l) => logs.push(l) });
+  const wire = new WireStep({ node, peers, clock, token, waitMs, emit: (p, d) => emitted.push({ p, d }), log: (l) => logs.push(l) });
   const server: Server = await serve({ host: '127.0.0.1', port: 0 }, { '/v1/departures': wire.route() });
   t.after(() => {
     wire.stop();
@@ -65,7 +66,10 @@ test('WireStep: with a token, /v1/departures answers only requests that bring it
   a.wire.add(packet(id('later'), ORDER.UNDERLAY_EGRESS, ts + 1000));
   const second = await get(`${a.url}/v1/departures?after=0&limit=10`, `Bearer ${TOKEN}`);
   assert.deepEqual(second.body, { node: 'node1', departures: [{ trace_id: id('later'), wall_ns: clock.wallNs(ts + 1000).toString() }], next: 1, more: false });
-  assert.deepEqual(a.wire.stats, { departuresRecorded: 1, departuresDropped: 0, peerInvalidAnswers: 0, peerInvalidEntries: 0, peerEvicted: 0, unauthorized: 7 });
+  assert.deepEqual(a.wire.stats, {
+    departuresRecorded: 1, departuresDropped: 0, peerInvalidAnswers: 0, peerInvalidEntries: 0, peerEvicted: 0, unauthorized: 7,
+    arrivalsPaired: 0, arrivalsUnpaired: 0, clamped: 0,
+  });
   assert.equal(a.emitted.length, 2, 'departures go on as spans at once');
 });
 
@@ -109,4 +113,63 @@ test('WireStep: two agents with the same token time step 6; an agent with anothe
   stranger.wire.stop();
   assert.deepEqual(stranger.emitted, [{ p: arr3, d: null }], 'stopped: what waits goes out unpaired');
   assert.equal(sender.wire.stats.unauthorized, 1);
+});
+
+/** The agent's /metrics text with this wire step's counters (the kernel's maps empty). */
+function scrape(node: string, wire: WireStep): Promise<string> {
+  const src: MetricsSource = {
+    node, latency: () => [], wireLatency: () => ({ counts: wire.histogram.counts, sumNs: wire.histogram.sumNs }), wireStats: () => wire.stats,
+    drops: () => [], retransmits: () => [], lostRecords: () => 0, mapFailures: () => ({ retransmits: 0, drops: 0 }),
+    hookLabels: (order) => (order === ORDER.UNDERLAY_INGRESS ? { step: 6, step_name: 'physical network', device: 'eth0', hook: 'ingress' } : null),
+    dropLabels: () => null, dropReason: String, podOf: () => ({ pod: '', ip: '' }),
+  };
+  return createMetrics(src).registry.metrics();
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+test('WireStep: an arrival whose departure no peer reports is counted, not timed, once it gave up waiting', async (t) => {
+  const sender = await agent(t, 'node1', [], TOKEN);
+  const receiver = await agent(t, 'node2', [sender.url], TOKEN, 20);
+  assert.match(await scrape('node2', receiver.wire), /nettrace_wire_arrivals_total\{node="node2",outcome="no_departure"\} 0\n/, 'a series from the start');
+  await receiver.wire.poll();
+  const ts = Number(process.hrtime.bigint());
+  sender.wire.add(packet(id('seen'), ORDER.UNDERLAY_EGRESS, ts));
+  receiver.wire.add(packet(id('seen'), ORDER.UNDERLAY_INGRESS, ts + 40_000));
+  // its departure left a node that is no peer of ours, or its agent lost it
+  const orphan = packet(id('orphan'), ORDER.UNDERLAY_INGRESS, ts + 50_000);
+  receiver.wire.add(orphan);
+  await receiver.wire.poll();
+  receiver.wire.pair();
+  assert.equal(receiver.emitted.length, 1, 'the paired one goes out; the orphan still waits');
+  await sleep(30);
+  receiver.wire.pair();
+  assert.deepEqual(receiver.emitted[1], { p: orphan, d: null });
+  const text = await scrape('node2', receiver.wire);
+  assert.match(text, /# HELP nettrace_wire_arrivals_total Sampled packets that arrived from the underlay/);
+  assert.match(text, /nettrace_wire_arrivals_total\{node="node2",outcome="paired"\} 1\n/);
+  assert.match(text, /nettrace_wire_arrivals_total\{node="node2",outcome="no_departure"\} 1\n/);
+  assert.match(text, /nettrace_hop_latency_seconds_count\{node="node2",step="6",[^}]*\} 1\n/, 'only the paired one is timed');
+});
+
+test('WireStep: a departure after the arrival (the sender\'s clock ahead) is timed as 0 and counted as clamped', async (t) => {
+  const sender = await agent(t, 'node1', [], TOKEN);
+  const receiver = await agent(t, 'node2', [sender.url], TOKEN);
+  assert.match(await scrape('node2', receiver.wire), /nettrace_wire_skew_clamped_total\{node="node2"\} 0\n/, 'a series from the start');
+  await receiver.wire.poll();
+  const ts = Number(process.hrtime.bigint());
+  // the sender stamps 1 ms later than we see the packet arrive: its clock is ahead of ours
+  sender.wire.add(packet(id('ahead'), ORDER.UNDERLAY_EGRESS, ts + 1_000_000));
+  sender.wire.add(packet(id('fine'), ORDER.UNDERLAY_EGRESS, ts + 2_000_000));
+  receiver.wire.add(packet(id('ahead'), ORDER.UNDERLAY_INGRESS, ts));
+  receiver.wire.add(packet(id('fine'), ORDER.UNDERLAY_INGRESS, ts + 2_030_000));
+  await receiver.wire.poll();
+  receiver.wire.pair();
+  assert.equal(receiver.emitted.length, 2);
+  assert.equal(receiver.wire.histogram.counts[0], 1, 'never negative: 0 ns');
+  assert.equal(receiver.wire.histogram.sumNs, 30_000);
+  const text = await scrape('node2', receiver.wire);
+  assert.match(text, /# HELP nettrace_wire_skew_clamped_total Step-6 times that came out negative/);
+  assert.match(text, /nettrace_wire_skew_clamped_total\{node="node2"\} 1\n/);
+  assert.match(text, /nettrace_wire_arrivals_total\{node="node2",outcome="paired"\} 2\n/);
 });

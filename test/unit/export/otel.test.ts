@@ -3,7 +3,10 @@
 // provider), so one test sends everything, flushes with shutdown, and its subtests read.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { SpanSink } from '../../../src/export/otel';
+import { TracerProvider, type ReadableSpan, type SpanExporter } from '@opentelemetry/sdk-trace';
+import type { ExportResult } from '@opentelemetry/core';
+import { CountedBatchProcessor, SpanSink } from '../../../src/export/otel';
+import { createMetrics } from '../../../src/export/prometheus';
 import type { HookLabels } from '../../../src/export/prometheus';
 import { SampleGrouper, stepSpanId, type Retransmit, type SampledPacket } from '../../../src/flow/sampled';
 import { ORDER, RECORD_KIND, type HopRecord } from '../../../src/probe/layout.generated';
@@ -189,4 +192,27 @@ test('SpanSink over OTLP/HTTP: packets, the wire, drops and retransmits as spans
     assert.equal(ev.name, 'retransmit');
     assert.equal(attr({ ...rt, attributes: ev.attributes }, 'segments'), 3);
   });
+});
+
+test('a full OTLP queue: the spans the BatchSpanProcessor has no room for are counted in nettrace_agent_spans_dropped_total', async () => {
+  const metrics = createMetrics({
+    node: NODE, latency: () => [], wireLatency: () => null, drops: () => [], retransmits: () => [], lostRecords: () => 0,
+    mapFailures: () => ({ retransmits: 0, drops: 0 }), hookLabels: () => null, dropLabels: () => null, dropReason: String, podOf: () => ({ pod: '', ip: '' }),
+  });
+  // a collector that never answers: the first batch is out, every later span waits in the queue
+  const handed: ReadableSpan[][] = [];
+  const hung: SpanExporter = { export: (spans: ReadableSpan[], _done: (r: ExportResult) => void) => void handed.push(spans), shutdown: async () => {} };
+  const processor = new CountedBatchProcessor({
+    exporter: hung, maxQueueSize: 4, maxExportBatchSize: 2, scheduledDelayMillis: 60_000, exportTimeoutMillis: 200,
+    onDropped: (n) => metrics.spansDropped.inc({ node: NODE }, n),
+  });
+  const tracer = new TracerProvider({ spanProcessors: [processor] }).getTracer('test');
+  const scrape = async () => /nettrace_agent_spans_dropped_total\{node="nt1-node2"\} (\d+)\n/.exec(await metrics.registry.metrics())?.[1];
+  assert.equal(await scrape(), '0');
+
+  for (let i = 0; i < 10; i++) tracer.startSpan(`span ${i}`).end();
+  // 2 went to the exporter as a batch, 4 fill the queue, 4 had no room
+  assert.deepEqual(handed.map((b) => b.map((s) => s.name)), [['span 0', 'span 1']]);
+  assert.equal(processor.dropped, 4);
+  assert.equal(await scrape(), '4');
 });

@@ -11,6 +11,7 @@ function source(counts: number[][], drops: MetricsSource['drops'] = () => []): M
     drops,
     retransmits: () => [],
     lostRecords: () => 0,
+    mapFailures: () => ({ retransmits: 0, drops: 0 }),
     hookLabels: (order) => (order === 2 ? { step: 3, step_name: 'bridge', device: 'cni0', hook: 'ingress' } : null),
     dropLabels: (order) => (order === 2 ? { step: 4, step_name: 'routing', device: 'cni0', hook: 'ingress' } : null),
     dropReason: (r) => (r === 12 ? 'NETFILTER_DROP' : `REASON_${r}`),
@@ -54,4 +55,22 @@ test('retransmits: one series per endpoint pair; beyond the cap, the flows that 
   assert.match(lines.find((l) => l.includes('destination_ip="10.245.0.7"'))!, /source_pod="pod-a".*destination_port="80"\} 100$/);
   const other = lines.find((l) => l.includes('destination_ip="other"'))!;
   assert.match(other, / 1002$/); // 501 flows of 2 segments
+});
+
+test('silent losses are series from the start: full kernel maps and OTLP queue overflow at 0, then what was lost', async () => {
+  let failures = { retransmits: 0, drops: 0 };
+  const m = createMetrics({ ...source([]), mapFailures: () => failures });
+  const before = await m.registry.metrics();
+  assert.match(before, /# HELP nettrace_map_update_failures_total Kernel map updates that failed because the map was full/);
+  assert.match(before, /nettrace_map_update_failures_total\{node="node1",map="retransmits"\} 0\n/);
+  assert.match(before, /nettrace_map_update_failures_total\{node="node1",map="drops"\} 0\n/);
+  assert.match(before, /# HELP nettrace_agent_spans_dropped_total Spans dropped because the OTLP export queue was full/);
+  assert.match(before, /nettrace_agent_spans_dropped_total\{node="node1"\} 0\n/);
+
+  failures = { retransmits: 17, drops: 2 };
+  m.spansDropped.inc({ node: 'node1' }, 5);
+  const after = await m.registry.metrics();
+  assert.match(after, /nettrace_map_update_failures_total\{node="node1",map="retransmits"\} 17\n/);
+  assert.match(after, /nettrace_map_update_failures_total\{node="node1",map="drops"\} 2\n/);
+  assert.match(after, /nettrace_agent_spans_dropped_total\{node="node1"\} 5\n/);
 });

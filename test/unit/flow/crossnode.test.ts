@@ -154,3 +154,34 @@ test('sides unknown (no pod of ours is an end of the flow): records are ignored 
   assert.deepEqual(feed(a, sends(3), 0, {}, 'node3'), []);
   assert.equal(a.pendingCount, 0);
 });
+
+test('two streams: the receiving node\'s hops arrive before the sending node\'s last one; still one complete path, no stray', () => {
+  const topo: ClusterTopology = { nodes: [node(1, '10.244.1.5', 'pod-a'), node(2, '10.244.2.8', 'pod-b')] };
+  const a = new PathAssembler(flow, topo, { graceMs: 1000, perNodeStreams: true });
+  const s = sends(1);
+  // node1's first four hooks, then all of node2's, then node1's underlay egress from its slower stream
+  const out = [...feed(a, s.slice(0, 4), 0, {}, 'node1'), ...feed(a, receives(2), 100, {}, 'node2'), ...feed(a, s.slice(4), 40, {}, 'node1'), ...a.expire(true)];
+  assert.equal(out.length, 1, JSON.stringify(out));
+  assert.deepEqual([out[0]!.complete, out[0]!.steps.length], [true, 10]);
+
+  // the last source hook never comes: the grace time reports it complete, as it reached the pod
+  const b = new PathAssembler(flow, topo, { graceMs: 1000, perNodeStreams: true });
+  const late = [...feed(b, s.slice(0, 4), 0, {}, 'node1'), ...feed(b, receives(2), 100, {}, 'node2')];
+  assert.deepEqual(late, []);
+  const expired = b.expire(true);
+  assert.equal(expired.length, 1);
+  assert.deepEqual([expired[0]!.complete, expired[0]!.steps.length], [true, 9]);
+});
+
+test('a hop earlier than the one before it (two clocks): latency 0, and the path says by how much', () => {
+  const topo: ClusterTopology = { nodes: [node(1, '10.244.1.5', 'pod-a'), node(2, '10.244.2.8', 'pod-b')] };
+  const a = new PathAssembler(flow, topo, { graceMs: 1000 });
+  // node2's clock 25 µs behind: its first hook reads before node1's last
+  const out = [...feed(a, sends(1), 100_000, {}, 'node1'), ...feed(a, receives(2), 100_000 + 40 - 25_000, {}, 'node2')];
+  assert.equal(out.length, 1);
+  const wire = out[0]!.steps.find((h) => h.step === 6)!;
+  assert.deepEqual([wire.latency_ns, wire.clamped_ns], [0, 25_000]);
+  assert.equal(out[0]!.steps.filter((h) => h.clamped_ns !== undefined).length, 1, 'only the hop across the clocks');
+  assert.match(formatPathTable(out[0]!), /clock: 25\.0 µs early, shown as 0/);
+  assert.match(pathToJsonLine(out[0]!), /"clamped_ns":25000/);
+});

@@ -29,3 +29,16 @@ test('bad input: one clear usage error each, naming what to write', () => {
   }
   assert.throws(() => parseFlowSpec('1.2.3.4:1 -> 5.6.7.8:2', 'icmp'), /ICMP has no ports/);
 });
+
+test('an IPv4-mapped IPv6 address is the IPv4 address: the packets on the wire are IPv4', () => {
+  assert.deepEqual(parseFlowSpec('::ffff:10.244.1.5 -> 10.244.2.8:80'), { src: '10.244.1.5', dst: '10.244.2.8', sport: 0, dport: 80, proto: 'tcp', family: 4 });
+  // with a port, in hex, written out in full, upper case: every spelling
+  const f = parseFlowSpec('[::ffff:10.244.1.5]:41586 -> [0:0:0:0:0:FFFF:0af4:0208]:80');
+  assert.deepEqual([f.src, f.sport, f.dst, f.dport, f.family], ['10.244.1.5', 41586, '10.244.2.8', 80, 4]);
+  assert.equal(formatFlow(f), '10.244.1.5:41586 -> 10.244.2.8:80 tcp');
+  assert.equal(parseFlowSpec('10.244.1.5 -> ::ffff:a00:1').dst, '10.0.0.1');
+  // other IPv6 addresses stay IPv6, and families must still agree
+  assert.equal(parseFlowSpec('fd00::ffff:1:2 -> fd00::8').src, 'fd00::ffff:1:2');
+  assert.equal(parseFlowSpec('::1 -> ::2').family, 6);
+  assert.throws(() => parseFlowSpec('::ffff:10.244.1.5 -> fd00::8'), /different IP families/);
+});

@@ -296,6 +296,21 @@ test('loss: no probe seen at all', () => {
   assert.deepEqual(d.steps, []);
 });
 
+test('loss while hop records were lost: a caveat says part of the loss may be ours; other verdicts and no loss of records have none', () => {
+  const lossy = () => [...times(3, () => path()), ...times(2, () => path({ upTo: 5 }))];
+  const lost = { records: 12, why: ['the ring buffer was full on nt1-node2', 'the client reads too slowly on nt1-node1'] };
+  const d = diagnose({ ...input(lossy()).inp, lostRecords: lost });
+  assert.equal(d.cause, 'loss');
+  assert.deepEqual(d.caveats, ['12 hop records were lost before nettrace read them (the ring buffer was full on nt1-node2; the client reads too slowly on nt1-node1): '
+    + "some probes counted as lost may have arrived, so part of the loss may be nettrace's own; run diagnose again to confirm"]);
+  assert.equal(diagnose({ ...input([], { mtuProbe: null }).inp, lostRecords: lost }).caveats!.length, 1, 'no probe seen at all is loss too');
+  assert.deepEqual(diagnose({ ...input(lossy()).inp, lostRecords: { records: 0, why: [] } }).caveats, []);
+  assert.deepEqual(diagnose(input(lossy()).inp).caveats, []);
+  // a kernel drop reason or a healthy path is not in doubt
+  assert.deepEqual(diagnose({ ...input(times(3, () => path({ upTo: 3, kernel: 'NETFILTER_DROP' }))).inp, lostRecords: lost }).caveats, []);
+  assert.deepEqual(diagnose({ ...input(times(5, () => path())).inp, lostRecords: lost }).caveats, []);
+});
+
 test('median: the middle value (the upper one of an even count), 0 of nothing, input left alone', () => {
   assert.equal(median([3, 1, 2]), 2);
   assert.equal(median([4, 1, 3, 2]), 3);

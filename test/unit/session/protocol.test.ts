@@ -40,7 +40,7 @@ test('hop records travel as their bytes: a batch decodes to the same records, a 
   a.writeUInt32LE(77, 0); // ts_ns low word
   const b = Buffer.alloc(HOP_RECORD_SIZE, 0);
   b.writeUInt32LE(88, 0);
-  const m = encodeHops([a, b]) as { type: 'hops'; n: number; b64: string };
+  const m = encodeHops(Buffer.concat([a, b]), 2) as { type: 'hops'; n: number; b64: string };
   assert.deepEqual(decodeHops(m).map((r) => r.ts_ns), [77, 88]);
   assert.throws(() => decodeHops({ n: 2, b64: a.toString('base64') }), /malformed hop batch/);
   assert.throws(() => decodeHops({ n: 1, b64: Buffer.alloc(HOP_RECORD_SIZE - 1).toString('base64') }), /malformed hop batch/);
