@@ -12,7 +12,7 @@ FIXTURE_OBJ := $(patsubst test/fixtures/%.bpf.c,build/fixtures/%.bpf.o,$(wildcar
 TS_SRC := $(shell find src test bench scripts -name '*.ts' 2>/dev/null)
 NODE_TEST := node --test --test-concurrency=1 --test-reporter=spec
 
-.PHONY: help deps build gen demo test test-unit bench clean
+.PHONY: help deps build gen demo test test-unit bench image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -60,6 +60,14 @@ test-unit: build ## only the tests that need no root
 
 bench: deps build ## benchmarks: throughput and per-run cost against baselines in the same run
 	$(Q)node dist/bench/run.js
+
+# the first of podman, buildah, docker found builds it; IMAGE=registry.example.com/nettrace:TAG to name it
+IMAGE ?= nettrace:$(shell node -p "require('./package.json').version")
+image: ## build the container image from Containerfile (podman, buildah or docker)
+	$(Q)engine=$$(for e in podman buildah docker; do command -v $$e >/dev/null 2>&1 && { echo $$e; break; }; done); \
+	if [ -z "$$engine" ]; then echo "make image: none of podman, buildah or docker is installed" >&2; exit 1; fi; \
+	echo "  IMAGE $(IMAGE) ($$engine)"; \
+	$$engine build -f Containerfile -t $(IMAGE) .
 
 clean: ## remove build outputs
 	$(Q)rm -rf build dist

@@ -8,6 +8,7 @@ import { median } from '../src/flow/stats';
 import { BpfObject, testRun } from '../src/libbpf';
 import { attachAll } from '../src/probe/attach';
 import { AgentProbe } from '../src/probe/agentProbe';
+import { RETRANS_KEY_FIELDS, RETRANS_KEY_SIZE, RETRANS_VALUE_FIELDS, RETRANS_VALUE_SIZE } from '../src/probe/layout.generated';
 import { bpfObjectPath } from '../src/probe/paths';
 import { discoverCluster } from '../src/topology/discover';
 import { allDevices } from '../src/topology/model';
@@ -136,11 +137,19 @@ function fillRetransmits(n: number): void {
   const id = maps.filter((m) => m.name === 'nt_retrans').map((m) => m.id).pop();
   if (id === undefined) throw new Error('no nt_retrans map');
   const lines: string[] = [];
-  const hex = (b: number[]) => b.map((x) => x.toString(16).padStart(2, '0')).join(' ');
+  const hex = (b: Buffer) => [...b].map((x) => x.toString(16).padStart(2, '0')).join(' ');
+  const K = RETRANS_KEY_FIELDS;
+  const value = Buffer.alloc(RETRANS_VALUE_SIZE);
+  value.writeBigUInt64LE(1n, RETRANS_VALUE_FIELDS.retransmits.offset);
+  value.writeBigUInt64LE(3n, RETRANS_VALUE_FIELDS.segments.offset);
   for (let i = 0; i < n; i++) {
-    const key = [10, 244, 1, 5, ...Array(12).fill(0), 10, 245, (i >> 8) & 0xff, i & 0xff, ...Array(12).fill(0),
-      (40000 + (i % 1000)) & 0xff, (40000 + (i % 1000)) >> 8, (1000 + (i % 50000)) & 0xff, (1000 + (i % 50000)) >> 8, 4, 0, 0, 0];
-    lines.push(`map update id ${id} key hex ${hex(key)} value hex ${hex([1, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0])}`);
+    // n distinct endpoint pairs (the kernel keys them without the source port): the worst case for series
+    const key = Buffer.alloc(RETRANS_KEY_SIZE);
+    Buffer.from([10, 244, 1, 5]).copy(key, K.saddr.offset);
+    Buffer.from([10, 245 + (i >> 16), (i >> 8) & 0xff, i & 0xff]).copy(key, K.daddr.offset);
+    key.writeUInt16LE(1000 + (i % 50000), K.dport.offset);
+    key.writeUInt8(4, K.family.offset);
+    lines.push(`map update id ${id} key hex ${hex(key)} value hex ${hex(value)}`);
   }
   // 100k updates take bpftool some seconds; minutes means it hangs
   const r = withBatchFile(lines, (file) => spawnSync('bpftool', ['batch', 'file', file], { encoding: 'utf8', maxBuffer: 64 << 20, timeout: 300_000 }));

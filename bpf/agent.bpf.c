@@ -291,18 +291,28 @@ int BPF_PROG(nt_tcp_retransmit, const struct sock *sk, const struct sk_buff *skb
 	if (!ino || !bpf_map_lookup_elem(&nt_netns, &ino))
 		return 0;
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family == NT_AF_INET6) {
+		BPF_CORE_READ_INTO(&key.saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&key.daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		key.family = 6;
+		/* a dual-stack socket (iperf3 -s, most servers listen on ::) talking to an IPv4 peer:
+		 * ::ffff:a.b.c.d; its packets are IPv4, so it is keyed as IPv4, like the pods' addresses */
+		if (((__u32 *)key.daddr)[0] == 0 && ((__u32 *)key.daddr)[1] == 0 &&
+		    ((__u32 *)key.daddr)[2] == bpf_htonl(0xffff)) {
+			__builtin_memset(key.saddr, 0, sizeof(key.saddr));
+			__builtin_memset(key.daddr, 0, sizeof(key.daddr));
+			family = NT_AF_INET;
+		}
+	}
 	if (family == NT_AF_INET) {
+		/* for a v4-mapped AF_INET6 socket these hold the IPv4 addresses too */
 		__be32 saddr = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
 		__be32 daddr = BPF_CORE_READ(sk, __sk_common.skc_daddr);
 
 		key.family = 4;
 		__builtin_memcpy(key.saddr, &saddr, 4);
 		__builtin_memcpy(key.daddr, &daddr, 4);
-	} else if (family == NT_AF_INET6) {
-		key.family = 6;
-		BPF_CORE_READ_INTO(&key.saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(&key.daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
-	} else {
+	} else if (family != NT_AF_INET6) {
 		return 0;
 	}
 	sport = BPF_CORE_READ(sk, __sk_common.skc_num);

@@ -3,8 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# prometheus: the server and promtool, for the agent and alert-rule tests; bird2: BGP in calico-bgp
-APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iproute2 iputils-ping iperf3 iptables ethtool curl procps python3 util-linux openssl prometheus bird2)
+# prometheus: the server and promtool, for the agent and alert-rule tests; bird2: BGP in calico-bgp; zsh: the completion test
+APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iproute2 iputils-ping iperf3 iptables ethtool curl procps python3 util-linux openssl prometheus bird2 zsh)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

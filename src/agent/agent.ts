@@ -134,7 +134,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
       const { SpanSink } = await import('../export/otel');
       sink = new SpanSink({
         endpoint: opts.otlpEndpoint, node: nodeName, wallNs: (ts) => clock.wallNs(ts),
-        hookLabels: source.hookLabels, dropReason: dropReasonName, log: opts.log,
+        hookLabels: source.hookLabels, dropLabels: source.dropLabels, dropReason: dropReasonName, log: opts.log,
         onExport: (ok) => { if (!ok) m.exportFailures.inc({ exporter: 'otlp' }); },
         onDropped: (n) => m.spansDropped.inc({ node: nodeName }, n),
       });

@@ -2,9 +2,8 @@
 // where the node's mode lacks a device), the device, the hook. Pod-side devices are summed
 // over pods, so series do not grow with the pods.
 import type { HookLabels } from '../export/prometheus';
-import { ORDER } from '../probe/layout.generated';
 import type { Device, NodeTopology } from '../topology/model';
-import { ORDER_POINTS, presentRoles, STEP_NAMES, stepAfter, stepOn } from '../topology/steps';
+import { failedStep, ORDER_POINTS, presentRoles, STEP_NAMES, stepOn } from '../topology/steps';
 
 const POD_DEVICE_LABEL: Record<string, string> = { pod: 'pod-eth', 'host-veth': 'pod-veths' };
 
@@ -22,10 +21,11 @@ export function hookLabels(t: NodeTopology, order: number): HookLabels | null {
   return { step, step_name: STEP_NAMES[step]!, device, hook: p.hook };
 }
 
-/** A drop last seen at `order`: the step it never finished, and where it was last seen. */
+/** A drop last seen at `order`: the step that failed (as follow and diagnose number it), and where it was last seen. */
 export function dropLabels(t: NodeTopology, order: number): HookLabels | null {
-  if (order === ORDER.NONE) return null;
+  // ORDER.NONE (seen on no hook of a path) is on no path either: no label
+  const step = failedStep(order, presentRoles(t));
+  if (step === null) return null;
   const seenAt = hookLabels(t, order);
-  const step = stepAfter(order);
   return { step, step_name: STEP_NAMES[step]!, device: seenAt?.device ?? '', hook: seenAt?.hook ?? '' };
 }

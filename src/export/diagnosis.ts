@@ -29,11 +29,13 @@ export function formatDiagnosis(f: FlowSpec, d: Diagnosis): string {
     : verdict === 'SLOW' ? `SLOW at step ${d.step} (${d.step_name})` : `BROKEN at step ${d.step ?? '?'} (${d.step_name ?? 'unknown'})`;
   out.push(`diagnose ${formatFlow(f)}: ${head}`);
   const seen = new Set(d.steps.map((h) => h.step));
+  // broken: d.step is the step that failed, not a step the probes completed (step 9 may have its veth hop and still fail)
+  const failed = verdict === 'BROKEN' ? d.step : null;
   for (let s = 1; s <= 9; s++) {
     const hops = d.steps.filter((h) => h.step === s);
-    const mark = d.cause !== 'none' && d.step === s ? (d.cause === 'delay' ? ' <== slow' : ' <== packets stop here') : '';
+    const mark = verdict === 'SLOW' && d.step === s ? ' <== slow' : failed === s ? ' <== packets stop here' : '';
     const where = hops.map((h) => `${h.node} ${h.device} ${h.hook}${h === d.steps[0] ? '' : ` +${formatDuration(h.latency_ns)}`}`).join(', ');
-    const state = seen.has(s) ? 'ok' : unjudged.has(s) ? '??' : d.step !== null && s > d.step && d.cause !== 'delay' ? '--' : '  ';
+    const state = failed === s ? '!!' : seen.has(s) ? 'ok' : unjudged.has(s) ? '??' : failed !== null && s > failed ? '--' : '  ';
     const note = unjudged.has(s) && !seen.has(s) ? `not watched: ${d.not_watched!.node}` : '';
     out.push(`  ${state} ${s} ${(STEP_NAMES[s] ?? '').padEnd(21)} ${where}${note}${mark}`.trimEnd());
   }

@@ -4,9 +4,10 @@
 import { context, trace, TraceFlags, type Context, type HrTime, type Tracer } from '@opentelemetry/api';
 import { ExportResultCode, type ExportResult } from '@opentelemetry/core';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
-import { resourceFromAttributes } from '@opentelemetry/resources';
-import { NodeSDK } from '@opentelemetry/sdk-node';
-import { BatchSpanProcessor, type BatchSpanProcessorOptions, type IdGenerator, type ReadableSpan, type Span, type SpanExporter, type SpanProcessor } from '@opentelemetry/sdk-trace';
+import { detectResources, envDetector, resourceFromAttributes } from '@opentelemetry/resources';
+import {
+  BatchSpanProcessor, TracerProvider, type BatchSpanProcessorOptions, type IdGenerator, type ReadableSpan, type Span, type SpanExporter, type SpanProcessor,
+} from '@opentelemetry/sdk-trace';
 import { otlpTracesUrl } from './otlpUrl';
 import { stepSpanId, type Retransmit, type SampledPacket } from '../flow/sampled';
 import { ORDER } from '../probe/layout.generated';
@@ -133,6 +134,8 @@ export interface SpanSinkOptions {
   /** wall-clock ns of a bpf_ktime_get_ns() value */
   wallNs: (tsNs: number) => bigint;
   hookLabels: (order: number) => HookLabels | null;
+  /** a drop last seen at this order: the step that failed (as nettrace_drops_total labels it) */
+  dropLabels: (order: number) => HookLabels | null;
   dropReason: (reason: number) => string;
   onExport: (ok: boolean, spans: number) => void;
   /** spans dropped because the export queue was full */
@@ -140,8 +143,21 @@ export interface SpanSinkOptions {
   log: (line: string) => void;
 }
 
+/**
+ * The resource of the agent's spans: ours, then what OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES
+ * say, which win (the environment is how a deployment names its services).
+ */
+export function agentResource(node: string) {
+  return resourceFromAttributes({ 'service.name': 'nettrace-agent', 'host.name': node, 'nettrace.node': node })
+    .merge(detectResources({ detectors: [envDetector] }));
+}
+
+/** OpenTelemetry's network.io.direction for a tc hook. */
+const IO_DIRECTION: Record<string, string> = { ingress: 'receive', egress: 'transmit' };
+
 export class SpanSink {
-  private readonly sdk: NodeSDK;
+  // the trace SDK alone, not @opentelemetry/sdk-node: one tracer, nothing global, no instrumentations
+  private readonly provider: TracerProvider;
   private readonly ids = new DerivedIds();
   private readonly tracer: Tracer;
 
@@ -151,9 +167,8 @@ export class SpanSink {
       if (!ok && counting.shouldLog()) opts.log(`warning: OTLP export of ${n} spans to ${opts.endpoint} failed: ${err?.message ?? 'unknown error'} (counted in nettrace_agent_export_failures_total; retrying with the next batch)`);
     });
     let lastDropLogMs = 0;
-    this.sdk = new NodeSDK({
-      resource: resourceFromAttributes({ 'service.name': 'nettrace-agent', 'host.name': opts.node, 'nettrace.node': opts.node }),
-      autoDetectResources: false,
+    this.provider = new TracerProvider({
+      resource: agentResource(opts.node),
       spanProcessors: [new CountedBatchProcessor({
         exporter: counting, scheduledDelayMillis: 500, maxQueueSize: 8192, maxExportBatchSize: 512,
         onDropped: (n) => {
@@ -164,13 +179,8 @@ export class SpanSink {
         },
       })],
       idGenerator: this.ids,
-      instrumentations: [],
-      metricReaders: [],
-      logRecordProcessors: [],
-      textMapPropagator: null,
     });
-    this.sdk.start();
-    this.tracer = trace.getTracer('nettrace');
+    this.tracer = this.provider.getTracer('nettrace');
   }
 
   /**
@@ -180,9 +190,10 @@ export class SpanSink {
    */
   packet(p: SampledPacket, departure: { wallNs: bigint; node: string } | null): number {
     const parent = trace.setSpanContext(context.active(), { traceId: p.traceId, spanId: p.rootSpanId, traceFlags: TraceFlags.SAMPLED, isRemote: true });
+    // OpenTelemetry's semantic conventions where they have a name for it, nettrace.* where not
     const common = {
-      'nettrace.node': this.opts.node, 'network.transport': protoName(p.proto), 'source.address': p.src, 'destination.address': p.dst,
-      'source.port': p.sport, 'destination.port': p.dport,
+      'nettrace.node': this.opts.node, 'network.transport': protoName(p.proto), 'network.type': p.family === 6 ? 'ipv6' : 'ipv4',
+      'source.address': p.src, 'destination.address': p.dst, 'source.port': p.sport, 'destination.port': p.dport,
     };
     let spans = 0;
     const first = p.hops[0];
@@ -191,7 +202,8 @@ export class SpanSink {
       this.ids.nextTraceId = p.traceId;
       this.ids.nextSpanId = p.rootSpanId;
       const last = p.hops[p.hops.length - 1]!;
-      const root = this.tracer.startSpan(`packet ${p.src} -> ${p.dst}`, { root: true, startTime: this.wall(first.tsNs), attributes: common });
+      // span names stay few (a backend groups by them): the addresses are attributes
+      const root = this.tracer.startSpan(`packet ${protoName(p.proto)}`, { root: true, startTime: this.wall(first.tsNs), attributes: common });
       root.end(this.wall(last.tsNs));
       spans++;
     }
@@ -201,19 +213,19 @@ export class SpanSink {
       const l = this.opts.hookLabels(hop.order);
       if (!l) continue;
       let start: HrTime = this.wall(prev?.tsNs ?? hop.tsNs);
-      let latency: number | null = prev ? hop.tsNs - prev.tsNs : null;
+      // the step's latency is the span's duration: no attribute repeats it
       const attrs: Record<string, string | number> = {
-        ...common, 'nettrace.step': l.step, 'nettrace.step_name': l.step_name, 'nettrace.device': l.device, 'nettrace.hook': l.hook,
+        ...common, 'nettrace.step': l.step, 'nettrace.step_name': l.step_name, 'network.interface.name': l.device, 'network.io.direction': IO_DIRECTION[l.hook] ?? l.hook,
       };
       if (!prev && hop.order === ORDER.UNDERLAY_INGRESS && departure) {
         // clocks of two nodes: never a negative latency (docs/architecture.md#clocks)
         const arrival = this.opts.wallNs(hop.tsNs);
         const d = departure.wallNs < arrival ? departure.wallNs : arrival;
         start = hrTime(d);
-        latency = Number(arrival - d);
         attrs['nettrace.from_node'] = departure.node;
+        // the sender's clock put its departure after our arrival: the span starts at the arrival instead
+        if (departure.wallNs > arrival) attrs['nettrace.clock.clamped_ns'] = Number(departure.wallNs - arrival);
       }
-      if (latency !== null) attrs['nettrace.latency_ns'] = latency;
       this.ids.nextSpanId = stepSpanId(p.traceId, hop.order);
       const span = this.tracer.startSpan(`step ${l.step} ${l.step_name}`, { startTime: start, attributes: attrs }, parent);
       span.end(this.wall(hop.tsNs));
@@ -221,11 +233,18 @@ export class SpanSink {
     }
     if (p.drop) {
       const l = this.opts.hookLabels(p.drop.order);
+      const failed = this.opts.dropLabels(p.drop.order);
       this.ids.nextSpanId = stepSpanId(p.traceId, 100 + p.drop.order);
-      const span = this.tracer.startSpan('drop', {
-        startTime: this.wall(p.drop.tsNs),
-        attributes: { ...common, 'nettrace.drop_reason': this.opts.dropReason(p.drop.reason), 'nettrace.last_device': l?.device ?? '' },
-      }, parent);
+      const attributes: Record<string, string | number> = {
+        ...common, 'nettrace.drop_reason': this.opts.dropReason(p.drop.reason), 'nettrace.last_device': l?.device ?? '', 'nettrace.last_hook': l?.hook ?? '',
+      };
+      if (l) attributes['nettrace.last_step'] = l.step;
+      // the step that failed, numbered as nettrace_drops_total and diagnose number it; last_* is where it was last seen
+      if (failed) {
+        attributes['nettrace.step'] = failed.step;
+        attributes['nettrace.step_name'] = failed.step_name;
+      }
+      const span = this.tracer.startSpan('drop', { startTime: this.wall(p.drop.tsNs), attributes }, parent);
       span.end(this.wall(p.drop.tsNs));
       spans++;
     }
@@ -241,10 +260,10 @@ export class SpanSink {
     this.ids.nextTraceId = r.traceId;
     this.ids.nextSpanId = stepSpanId(r.traceId, r.seq);
     const at = this.wall(r.tsNs);
-    const span = this.tracer.startSpan(`tcp retransmit ${r.src}:${r.sport} -> ${r.dst}:${r.dport}`, {
+    const span = this.tracer.startSpan('tcp retransmit', {
       root: true, startTime: at,
       attributes: {
-        'nettrace.node': this.opts.node, 'network.transport': 'tcp', 'source.address': r.src, 'source.port': r.sport,
+        'nettrace.node': this.opts.node, 'network.transport': 'tcp', 'network.type': r.src.includes(':') ? 'ipv6' : 'ipv4', 'source.address': r.src, 'source.port': r.sport,
         'destination.address': r.dst, 'destination.port': r.dport, 'nettrace.tcp.seq': r.seq, 'nettrace.tcp.segments': r.segments,
       },
     });
@@ -253,7 +272,7 @@ export class SpanSink {
   }
 
   async shutdown(): Promise<void> {
-    await this.sdk.shutdown();
+    await this.provider.shutdown();
   }
 }
 

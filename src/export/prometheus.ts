@@ -30,7 +30,7 @@ export interface MetricsSource {
   /** counts the kernel could not store because a map was full, since load */
   mapFailures(): MapFailures;
   hookLabels(order: number): HookLabels | null;
-  /** the step a drop last seen at this order belongs to; null when the packet was on no path */
+  /** a drop last seen at this order: the step that failed (failedStep) and the hook last seen; null when the packet was on no path */
   dropLabels(order: number): HookLabels | null;
   dropReason(reason: number): string;
   podOf(family: number, addr: Uint8Array): { pod: string; ip: string };
@@ -115,8 +115,9 @@ export interface AgentMetrics {
 export function createMetrics(src: MetricsSource): AgentMetrics {
   const registry = new Registry();
   const node = src.node;
-  // the event-loop lag monitor samples every 10 ms by default: an idle agent should sleep
-  collectDefaultMetrics({ register: registry, prefix: 'nettrace_agent_', eventLoopMonitoringPrecision: 1000 });
+  // the standard process_* and nodejs_* names, without a prefix: what every dashboard and alert for a
+  // process already reads. The event-loop lag monitor samples every 10 ms by default: an idle agent should sleep
+  collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 1000 });
 
   registry.registerMetric(kernelHistogram(METRIC_NAMES.latency,
     'Time from the previous hook point to this one, per step of the path: 1 in latency_every packets (nettrace_agent_info), matched in the kernel; step 6 from sampled packets between agents.',
@@ -135,7 +136,7 @@ export function createMetrics(src: MetricsSource): AgentMetrics {
     }));
 
   new Counter({
-    name: METRIC_NAMES.drops, help: 'Packets the kernel dropped in this node\'s namespaces, by drop reason and the step the packet died in.',
+    name: METRIC_NAMES.drops, help: 'Packets the kernel dropped in this node\'s namespaces, by drop reason and the step that failed (the first the packet did not complete, as diagnose names it).',
     labelNames: ['node', 'reason', 'step', 'step_name', 'device'], registers: [registry],
     collect() {
       this.reset();

@@ -18,7 +18,9 @@ function packetLine(p: PacketPath): string {
   const segs = g
     ? ` ${g.sent} ${g.sent === 1 ? 'segment' : 'segments'} → ${g.received_as}${g.merged ? ' (merged)' : ''}`
     : k.gso_segs > 1 ? ` ${k.gso_segs} segs` : '';
-  return `${p.direction.padEnd(7)} ${ep(k.src, k.sport)} -> ${ep(k.dst, k.dport)} ${p.flow.proto} ip-id ${k.ip_id} len ${k.len}${segs} ${what}`.trimEnd();
+  // when the packet left its first hop, on the wall clock (as tcpdump starts its lines)
+  const at = p.steps[0]?.time ? `${p.steps[0].time} ` : '';
+  return `${at}${p.direction.padEnd(7)} ${ep(k.src, k.sport)} -> ${ep(k.dst, k.dport)} ${p.flow.proto} ip-id ${k.ip_id} len ${k.len}${segs} ${what}`.trimEnd();
 }
 
 /** Only the side of "SRC -> DST" that a translation changed. */

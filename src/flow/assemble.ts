@@ -3,7 +3,7 @@
 // Across nodes, TCP data is also matched by byte range: TSO/GSO and GRO give the two nodes different skb boundaries.
 import { ORDER, RECORD_KIND, type HopRecord } from '../probe/layout.generated';
 import { type ClusterTopology, type Device, findPodByIp } from '../topology/model';
-import { FINAL_ORDER, hookPoint, ORDER_POINTS, presentRoles, skippedSteps, STEP_NAMES, stepOn, type Side } from '../topology/steps';
+import { failedStep, FINAL_ORDER, hookPoint, ORDER_POINTS, presentRoles, skippedSteps, STEP_NAMES, stepOn, type Side } from '../topology/steps';
 import type { DeviceRole } from '../topology/model';
 import type { HopView, PacketPath } from './path';
 import type { FlowSpec } from './spec';
@@ -494,21 +494,22 @@ export class PathAssembler {
       }
     }
     if (arrived >= sp.len) return { arrived, drop: null };
-    const of = (n: number) => `: ${n} of ${sp.len} bytes`;
-    if (kernelD) {
-      const h = lastHop(kernelD)!;
-      const kd = kernelD.kernelDrop!;
-      return { arrived, drop: {
-        step: h.step, device: h.device.name, node: h.device.node,
-        reason: `dropped by the kernel (${kd.reason}) after ${h.device.name} ${h.hook} (step ${h.step}, ${STEP_NAMES[h.step]})${of(kernelBytes)}`,
-        kernel_reason: kd.reason, ...(kd.device ? { dropped_on: kd.device } : {}),
-      } };
-    }
+    const of = (n: number) => ` for ${n} of ${sp.len} bytes`;
+    if (kernelD) return { arrived, drop: this.stopped(lastHop(kernelD)!, kernelD.kernelDrop, of(kernelBytes)) };
     const [h, n] = [...lost].reduce((m, e) => (e[0].order < m[0].order ? e : m));
-    return { arrived, drop: {
-      step: h.step, device: h.device.name, node: h.device.node,
-      reason: `not seen after ${h.device.name} ${h.hook} (step ${h.step}, ${STEP_NAMES[h.step]})${of(n)}`,
-    } };
+    return { arrived, drop: this.stopped(h, undefined, of(n)) };
+  }
+
+  /** Where a packet last seen at `h` stopped: the step that failed, named the same way in follow, diagnose and the agent. */
+  private stopped(h: Seen, kernel: Pending['kernelDrop'], bytes = ''): NonNullable<PacketPath['drop']> {
+    const step = failedStep(h.order, this.roles.get(h.device.node) ?? new Set()) ?? h.step;
+    const after = `after ${h.device.name} ${h.hook} (last seen step ${h.step}, ${STEP_NAMES[h.step]}): step ${step} (${STEP_NAMES[step]}) failed${bytes}`;
+    return {
+      step, step_name: STEP_NAMES[step] ?? '', device: h.device.name, node: h.device.node,
+      reason: kernel ? `dropped by the kernel (${kernel.reason}) ${after}` : `not seen ${after}`,
+      last_seen: { step: h.step, name: STEP_NAMES[h.step] ?? '', node: h.device.node, device: h.device.name, hook: h.hook },
+      ...(kernel ? { kernel_reason: kernel.reason, ...(kernel.device ? { dropped_on: kernel.device } : {}) } : {}),
+    };
   }
 
   /** The destination entry holding a linked source entry's first byte: the one that arrived, else the one that got furthest. */
@@ -675,13 +676,7 @@ export class PathAssembler {
       const side = this.sideOf[p.direction].get(node);
       return side ? skippedSteps(side, this.roles.get(node) ?? new Set()).map((s) => ({ step: s.step, name: STEP_NAMES[s.step] ?? '', node, reason: s.reason })) : [];
     });
-    const drop: PacketPath['drop'] = x.drop !== undefined ? x.drop : complete || !last ? null : {
-      step: last.step, device: last.device.name, node: last.device.node,
-      reason: p.kernelDrop
-        ? `dropped by the kernel (${p.kernelDrop.reason}) after ${last.device.name} ${last.hook} (step ${last.step}, ${STEP_NAMES[last.step]})`
-        : `not seen after ${last.device.name} ${last.hook} (step ${last.step}, ${STEP_NAMES[last.step]})`,
-      ...(p.kernelDrop ? { kernel_reason: p.kernelDrop.reason, ...(p.kernelDrop.device ? { dropped_on: p.kernelDrop.device } : {}) } : {}),
-    };
+    const drop: PacketPath['drop'] = x.drop !== undefined ? x.drop : complete || !last ? null : this.stopped(last, p.kernelDrop);
     return {
       flow: { src: f.src, sport: f.sport, dst: f.dst, dport: f.dport, proto: f.proto },
       direction: p.direction,

@@ -1,6 +1,7 @@
 // This node's clock: BPF stamps hops with bpf_ktime_get_ns (CLOCK_MONOTONIC, the same clock as
 // process.hrtime); wall time is that plus an offset re-measured while running, since NTP
 // slews the wall clock (docs/architecture.md#clocks).
+import type { PacketPath } from './path';
 
 export class WallClock {
   private offset = 0n;
@@ -10,9 +11,23 @@ export class WallClock {
     this.measure();
   }
 
+  /**
+   * Pairs a wall-clock reading with a monotonic one. Date.now() is the wall clock as it is now
+   * (NTP's steps and slews included; performance.timeOrigin + performance.now() is the wall clock
+   * of the process's start plus monotonic time, which never follows them), but in whole
+   * milliseconds: read at the moment it ticks, the pair is good to a few microseconds. Waits up
+   * to 1 ms.
+   */
   measure(): void {
-    const wall = BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e3)) * 1000n;
-    this.offset = wall - process.hrtime.bigint() + this.skewNs;
+    const start = Date.now();
+    let mono = process.hrtime.bigint();
+    let now = Date.now();
+    const deadline = mono + 2_000_000n;
+    while (now === start && mono < deadline) {
+      mono = process.hrtime.bigint();
+      now = Date.now();
+    }
+    this.offset = BigInt(now) * 1_000_000n - mono + this.skewNs;
   }
 
   /** a monotonic timestamp (a hop's ts_ns) as wall-clock ns */
@@ -25,4 +40,21 @@ export class WallClock {
     const monoNs = process.hrtime.bigint();
     return { monoNs, wallNs: monoNs + this.offset };
   }
+}
+
+/** Wall-clock ns as ISO 8601 in UTC with microseconds: 2026-11-29T14:04:05.123456Z. */
+export function isoMicros(wallNs: bigint): string {
+  const ms = wallNs / 1_000_000n;
+  const micros = (wallNs / 1000n) % 1_000_000n;
+  return new Date(Number(ms)).toISOString().replace(/\.\d{3}Z$/, `.${String(micros).padStart(6, '0')}Z`);
+}
+
+/**
+ * Gives each hop its wall-clock time (HopView.time) from its ts_ns, which is on the monotonic
+ * clock wallNs reads: this machine's, also for another node's hops once their clock correction
+ * placed them on it.
+ */
+export function stampWallTimes(p: PacketPath, wallNs: (tsNs: number) => bigint): PacketPath {
+  for (const h of p.steps) h.time = isoMicros(wallNs(h.ts_ns));
+  return p;
 }

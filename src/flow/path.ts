@@ -10,6 +10,12 @@ export interface HopView {
   pod?: string;
   hook: 'ingress' | 'egress';
   ts_ns: number;
+  /**
+   * ts_ns on the wall clock, ISO 8601 in UTC with microseconds (2026-11-29T14:04:05.123456Z): the
+   * clock of the machine running follow, onto which another node's hops are placed by their clock
+   * correction (set by the session, not by the assembler)
+   */
+  time?: string;
   /** since the previous hop; 0 for the first */
   latency_ns: number;
   /**
@@ -22,6 +28,11 @@ export interface HopView {
    * (set by the caller that placed the node's clock, not by the assembler)
    */
   clock?: { node: string; correction_ns: number; uncertainty_ns: number; method: string };
+}
+
+/** The last hop that saw a packet that did not arrive. */
+export interface LastSeen {
+  step: number; name: string; node: string; device: string; hook: 'ingress' | 'egress';
 }
 
 export interface PacketPath {
@@ -55,9 +66,13 @@ export interface PacketPath {
   translations?: { node: string; after: string; before_step: number; from: string; to: string }[];
   total_ns: number;
   complete: boolean;
-  /** where an incomplete path stopped: the last hop that saw it */
+  /** where an incomplete path stopped: the step that failed, and the last hop that saw it */
   drop: null | {
-    step: number; device: string; node: string; reason: string;
+    /** the step that failed: the first the packet did not complete (failedStep in src/topology/steps.ts) */
+    step: number; step_name: string;
+    /** the last hop's device and node: the packet stopped after them */
+    device: string; node: string; reason: string;
+    last_seen: LastSeen;
     /** the kernel's drop reason (enum skb_drop_reason without its prefix), when it dropped the packet */
     kernel_reason?: string;
     /** the device the kernel had the packet on when it dropped it */

@@ -2,17 +2,21 @@
 // would otherwise find with tcpdump at each device by hand. Pure: what the node says is passed in.
 import type { ReachCheck } from '../topology/inspect';
 import { STEP_NAMES } from '../topology/steps';
-import type { HopView, PacketPath } from './path';
+import type { HopView, LastSeen, PacketPath } from './path';
 import { median } from './stats';
 
 export type Cause = 'mtu' | 'netfilter-drop' | 'no-route' | 'no-neighbour' | 'no-fdb' | 'delay' | 'loss' | 'none';
 
 export interface Diagnosis {
   healthy: boolean;
+  /** broken: the step that failed (the first the probes did not complete); slow: the step that took long */
   step: number | null;
   step_name: string | null;
+  /** where to look: broken, the node and device the probes were last seen on (they stopped after it); slow, the hop that arrived late */
   node: string | null;
   device: string | null;
+  /** broken: the last hop that saw the stopped probe (the failed step comes after it); null otherwise */
+  last_seen: LastSeen | null;
   /** the kernel's drop reason, when it dropped the probes */
   reason: string | null;
   cause: Cause;
@@ -52,9 +56,15 @@ function ms(ns: number): string {
 function broken(p: PacketPath, cause: Cause, detail: string, next: string): Diagnosis {
   const d = p.drop!;
   return {
-    healthy: false, step: d.step, step_name: STEP_NAMES[d.step] ?? null, node: d.node, device: d.device,
+    healthy: false, step: d.step, step_name: d.step_name, node: d.node, device: d.device, last_seen: d.last_seen,
     reason: d.kernel_reason ?? null, cause, detail, next, steps: p.steps,
   };
+}
+
+/** Where a stopped probe was last seen and the step that failed, e.g. "cni0 ingress on node1 (last seen step 3, bridge): step 4 (routing) failed". */
+function stopText(d: NonNullable<PacketPath['drop']>): string {
+  const l = d.last_seen;
+  return `${l.device} ${l.hook} on ${l.node} (last seen step ${l.step}, ${l.name}): step ${d.step} (${d.step_name}) failed`;
 }
 
 /** Why one stopped path stopped, reading the node it stopped on. */
@@ -63,7 +73,7 @@ function whyStopped(p: PacketPath, input: DiagnoseInput): Diagnosis | null {
   if (d.kernel_reason === 'NETFILTER_DROP') {
     const rules = input.dropRules(d.node);
     const where = rules.length ? `; the node's filter table, FORWARD chain, has: ${rules.join(' | ')}` : '';
-    return broken(p, 'netfilter-drop', `netfilter dropped the packet on ${d.node} after ${d.device} (step ${d.step}, then routing/FORWARD)${where}`,
+    return broken(p, 'netfilter-drop', `netfilter dropped the packet after ${stopText(d)}${where}`,
       `check the node's iptables/nftables FORWARD rules and NetworkPolicies for ${input.dst}`);
   }
   const reach = input.reach(d.node);
@@ -118,12 +128,12 @@ function judge(input: DiagnoseInput): Diagnosis {
     const total = input.paths.length;
     const rate = stopped.length / Math.max(1, total);
     const d = first.drop!;
-    return broken(first, 'loss', `${stopped.length} of ${total} probe packets (${(rate * 100).toFixed(0)} %) stopped after ${d.device} on ${d.node} (step ${d.step}, ${STEP_NAMES[d.step]})${d.kernel_reason ? `, dropped by the kernel: ${d.kernel_reason}` : ''}`,
+    return broken(first, 'loss', `${stopped.length} of ${total} probe packets (${(rate * 100).toFixed(0)} %) stopped after ${stopText(d)}${d.kernel_reason ? `, dropped by the kernel: ${d.kernel_reason}` : ''}`,
       `look at what comes after ${d.device} on ${d.node}: its counters (ip -s link), qdisc (tc -s qdisc) and the next device`);
   }
 
   if (complete.length === 0) {
-    return { healthy: false, step: null, step_name: null, node: null, device: null, reason: null, cause: 'loss', detail: 'no probe packet was seen on any hook', next: 'check the source pod can send at all (its eth0 and default route)', steps: [] };
+    return { healthy: false, step: null, step_name: null, node: null, device: null, last_seen: null, reason: null, cause: 'loss', detail: 'no probe packet was seen on any hook', next: 'check the source pod can send at all (its eth0 and default route)', steps: [] };
   }
 
   // delay: one step much slower than all the others
@@ -151,7 +161,7 @@ function judge(input: DiagnoseInput): Diagnosis {
     const at = (p: PacketPath) => p.steps.find((x) => x.step === h.step && x.device === h.device && x.node === h.node)?.latency_ns ?? 0;
     const shown = complete.reduce((a, b) => (at(b) > at(a) ? b : a));
     return {
-      healthy: false, step: h.step, step_name: STEP_NAMES[h.step] ?? null, node: h.node, device: h.device, reason: null, cause: 'delay',
+      healthy: false, step: h.step, step_name: STEP_NAMES[h.step] ?? null, node: h.node, device: h.device, last_seen: null, reason: null, cause: 'delay',
       detail: `step ${h.step} (${STEP_NAMES[h.step]}), from ${from} to ${h.device} ${h.hook} on ${h.node}, holds ${ms(slow.med)} (median of ${complete.length} packets); the other steps take ${ms(rest)} (median)`,
       next: `look between ${from} and ${h.device} on ${h.node}: qdiscs (tc -s qdisc show dev ${slow.prev.device}), shaping, or a busy CPU`, steps: shown.steps,
     };
@@ -160,13 +170,13 @@ function judge(input: DiagnoseInput): Diagnosis {
   if (unjudged) {
     const range = `${unjudged.steps[0]}-${unjudged.steps[unjudged.steps.length - 1]}`;
     return {
-      healthy: true, step: null, step_name: null, node: null, device: null, reason: null, cause: 'none',
+      healthy: true, step: null, step_name: null, node: null, device: null, last_seen: null, reason: null, cause: 'none',
       detail: `all ${complete.length} probe packets crossed every step watched; steps ${range} on ${unjudged.node} are not watched (${unjudged.reason}): they cannot be judged`,
       next: `to judge steps ${range}, run an agent on ${unjudged.node} and trace with --agents`, steps, not_watched: unjudged,
     };
   }
   return {
-    healthy: true, step: null, step_name: null, node: null, device: null, reason: null, cause: 'none',
+    healthy: true, step: null, step_name: null, node: null, device: null, last_seen: null, reason: null, cause: 'none',
     detail: `all ${complete.length} probe packets crossed every step; median path ${ms(total)}`, next: 'nothing to fix on the path', steps,
   };
 }

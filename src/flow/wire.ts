@@ -151,6 +151,13 @@ export interface PeerDeparturesOptions {
   maxPerPoll?: number;
   /** departures held in all, from all peers; the oldest learned go first */
   maxEntries?: number;
+  /**
+   * how long a departure is kept after we learned it (default 30 s): an arrival waits for its
+   * departure only seconds, so holding one for the whole time window only grows memory
+   */
+  retainMs?: number;
+  /** ms clock (tests) */
+  nowMs?: () => number;
   /** bytes of one answer, at most */
   maxBytes?: number;
   /** extra CA certificates (PEM) for https:// peers */
@@ -171,12 +178,12 @@ const NODE = /^[\x21-\x7e]{1,253}$/;
  * from one node only, and the earliest is the same whatever order the peers were polled in.
  */
 export class PeerDepartures {
-  private readonly known = new Map<string, { wallNs: bigint; peer: number }>();
+  private readonly known = new Map<string, { wallNs: bigint; peer: number; atMs: number }>();
   private readonly cursor: number[];
   private readonly nodes: (string | undefined)[];
   private readonly agents: { http: http.Agent; https: https.Agent };
   private readonly o: Required<Omit<PeerDeparturesOptions, 'token' | 'self' | 'ca'>> & Pick<PeerDeparturesOptions, 'token' | 'self' | 'ca'>;
-  private counts = { invalidAnswers: 0, invalidEntries: 0, evicted: 0, learned: 0 };
+  private counts = { invalidAnswers: 0, invalidEntries: 0, evicted: 0, expired: 0, learned: 0 };
 
   constructor(private readonly peers: string[], opts: PeerDeparturesOptions = {}) {
     this.o = {
@@ -188,6 +195,8 @@ export class PeerDepartures {
       pageLimit: Math.max(1, opts.pageLimit ?? PAGE_MAX),
       maxPerPoll: Math.max(1, opts.maxPerPoll ?? 4 * PAGE_MAX),
       maxEntries: Math.max(1, opts.maxEntries ?? LOG_CAPACITY),
+      retainMs: opts.retainMs ?? 30_000,
+      nowMs: opts.nowMs ?? Date.now,
       maxBytes: opts.maxBytes ?? 1 << 20,
     };
     this.cursor = peers.map(() => 0);
@@ -209,9 +218,14 @@ export class PeerDepartures {
     return this.counts.invalidEntries;
   }
 
-  /** departures forgotten to stay within maxEntries */
+  /** departures forgotten to stay within maxEntries, before their time: a pairing may be lost */
   get evicted(): number {
     return this.counts.evicted;
+  }
+
+  /** departures forgotten after their time (retainMs, or out of the window): no arrival waits for them */
+  get expired(): number {
+    return this.counts.expired;
   }
 
   /** departures taken */
@@ -297,19 +311,22 @@ export class PeerDepartures {
       }
       const key = `${i} ${e.trace_id}`;
       this.known.delete(key); // newest last: eviction goes oldest first
-      this.known.set(key, { wallNs, peer: i });
+      this.known.set(key, { wallNs, peer: i, atMs: this.o.nowMs() });
       this.counts.learned++;
     }
     this.evict();
   }
 
-  /** Oldest first: beyond maxEntries, and what has left the window. */
+  /** Oldest learned first: what is past its time or has left the window, then beyond maxEntries. */
   private evict(): void {
     const oldest = this.o.nowWallNs() - this.o.windowNs;
+    const since = this.o.nowMs() - this.o.retainMs;
     for (const [key, d] of this.known) {
-      if (this.known.size <= this.o.maxEntries && d.wallNs >= oldest) break;
+      const expired = d.atMs < since || d.wallNs < oldest;
+      if (!expired && this.known.size <= this.o.maxEntries) break;
       this.known.delete(key);
-      this.counts.evicted++;
+      if (expired) this.counts.expired++;
+      else this.counts.evicted++;
     }
   }
 

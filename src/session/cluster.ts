@@ -33,5 +33,5 @@ export function nodeNames(view: ClusterView): string {
 export function requireFlowPods(view: ClusterView, src: string, dst: string, endpoints: string[]): void {
   if (findPodByIp(view.topology, src) || findPodByIp(view.topology, dst) || endpoints.some((ip) => findPodByIp(view.topology, ip))) return;
   throw new NettraceError('NOT_FOUND', `neither ${src} nor ${dst} is a pod in ${nodeNames(view)}`,
-    'check the addresses, or name the namespaces that act as nodes with --nodes');
+    'check the addresses, or name the namespaces that act as nodes with --netns');
 }

@@ -114,7 +114,7 @@ export async function runDiagnose(opts: DiagnoseSessionOptions): Promise<Diagnos
   const unknown = topology.nodes.filter((n) => n.cni === 'unknown');
   if (unknown.length === topology.nodes.length) {
     throw new NettraceError('NOT_FOUND', `no known CNI on ${unknown.map((n) => n.name).join(', ')}: no bridge, tunnel or CNI routes found`,
-      'name the namespaces that act as nodes with --nodes, or check the CNI is running');
+      'name the namespaces that act as nodes with --netns, or check the CNI is running');
   }
 
   const paths: PacketPath[] = [];

@@ -4,6 +4,7 @@
 import { PathAssembler, type AssemblerOptions } from '../flow/assemble';
 import { checkReach } from '../topology/inspect';
 import { findPodByIp } from '../topology/model';
+import { stampWallTimes, WallClock } from '../flow/clock';
 import type { PacketPath } from '../flow/path';
 import type { FlowSpec } from '../flow/spec';
 import type { AttachMechanism } from '../probe/attach';
@@ -79,14 +80,18 @@ export function startFollow(opts: FollowSessionOptions): FollowSession {
   const assembler = new PathAssembler(f, topology, {
     graceMs: opts.graceMs, endpoints: endpoints.map((e) => e.ip), dropReason: dropReasonName, unwatched: elsewhere(opts.cluster, f, endpoints),
   });
+  // hops are stamped with this kernel's monotonic clock: every node of a local follow shares it
+  const clock = new WallClock();
+  const remeasure = setInterval(() => clock.measure(), 60_000).unref();
   const loop = pathLoop({
-    count: opts.count ?? null, timeoutS: opts.timeoutS ?? null, onPath: opts.onPath,
+    count: opts.count ?? null, timeoutS: opts.timeoutS ?? null, onPath: (p) => opts.onPath(stampWallTimes(p, (ts) => clock.wallNs(ts))),
     poll: () => feed.drain((r) => {
       for (const p of assembler.addRecord(r)) loop.emit(p);
     }),
     expire: (force) => assembler.expire(force),
     release: () => feed.detach(),
     close: () => {
+      clearInterval(remeasure);
       const lost = feed.lost();
       if (lost > 0) {
         opts.onLost?.(lost, 'the ring buffer was full');

@@ -3,7 +3,7 @@
 // agent, refined by the wire step's symmetry) and rebuilds the paths as a local follow does.
 import { NettraceError } from '../errors';
 import { PathAssembler, type AssemblerOptions } from '../flow/assemble';
-import { WallClock } from '../flow/clock';
+import { stampWallTimes, WallClock } from '../flow/clock';
 import { OffsetEstimate, WireSymmetry } from '../flow/clockSync';
 import type { HopView, PacketPath } from '../flow/path';
 import type { FlowSpec } from '../flow/spec';
@@ -188,7 +188,8 @@ export function startRemoteFollow(opts: RemoteFollowOptions): FollowSession {
       const note = clockNote(h.node);
       if (note) h.clock = note;
     }
-    opts.onPath(p);
+    // ts_ns is on our monotonic clock now: the agents' hops were placed on it by their correction
+    opts.onPath(stampWallTimes(p, (ts) => local.wallNs(ts)));
   };
 
   const loop = pathLoop({

@@ -115,7 +115,7 @@ export function discoverCluster(nodes: NetnsRef[]): ClusterTopology {
   const names = new Set(nodes.map((n) => n.name));
   const topo = { nodes: nodes.map((n) => discoverNode(n, names)) };
   if (topo.nodes.every((n) => !n.underlay && !n.bridge && !n.tunnel && n.pods.length === 0)) {
-    throw new NettraceError('NOT_FOUND', `no device to hook in ${[...names].join(', ')}`, 'name the namespaces that act as nodes with --nodes');
+    throw new NettraceError('NOT_FOUND', `no device to hook in ${[...names].join(', ')}`, 'name the namespaces that act as nodes with --netns');
   }
   return topo;
 }

@@ -71,10 +71,6 @@ export function orderOf(role: DeviceRole, hook: Hook): OrderPoint {
   return p;
 }
 
-/** The step a packet last seen at `order` died in: the one it never finished. */
-export function stepAfter(order: number): number {
-  return (ORDER_POINTS[order + 1] ?? ORDER_POINTS[FINAL_ORDER]!).step;
-}
 
 /**
  * The step a hook ends on a node that lacks some devices: a missing device collapses its step. Without a tunnel, routing ends where the packet leaves the node;
@@ -86,6 +82,25 @@ export function stepOn(side: Side, role: DeviceRole, hook: Hook, present: Readon
   if (side === 'source' && role === 'underlay' && !present.has('tunnel')) return 4;
   if (side === 'destination' && role === 'host-veth' && !present.has('bridge')) return 8;
   return p.step;
+}
+
+/**
+ * The step that failed for a packet last seen at `order` on a node with the roles `present`: the first
+ * step it did not complete, i.e. the step of the next hook point it would have crossed. Diagnose,
+ * follow, the agent's drop metric and its spans all name a stopped packet by this one number.
+ * Hook points of devices the node lacks are passed over (host-gw has no tunnel, Calico no bridge), and
+ * a collapsed step is named as stepOn names it. Past the sending node's last hook, the next is the
+ * receiving node's underlay ingress (step 6), which every node has, so that node's roles are not needed.
+ * Seen at the pod's eth0 ingress, it is in the pod: step 9 still. null for an order on no path.
+ */
+export function failedStep(order: number, present: ReadonlySet<DeviceRole>): number | null {
+  const seen = ORDER_POINTS[order];
+  if (!seen) return null;
+  for (const p of ORDER_POINTS.slice(order + 1)) {
+    if (p.side !== seen.side) return p.step;
+    if (present.has(p.role)) return stepOn(p.side, p.role, p.hook, present) ?? p.step;
+  }
+  return ORDER_POINTS[FINAL_ORDER]!.step;
 }
 
 /** Steps a node's mode does not have, with the reason printed instead of a hop. */

@@ -142,7 +142,9 @@ test('OTLP: a sampled packet is one trace with the nine steps from both nodes; r
   });
   const root = trace.find((s) => !s.parentSpanId);
   assert.ok(root, 'the sending node opens the trace with a root span');
-  assert.match(root.name, new RegExp(`packet ${A} -> ${B}`));
+  // a low-cardinality name; the addresses are attributes
+  assert.equal(root.name, 'packet icmp');
+  assert.deepEqual([attr(root, 'source.address'), attr(root, 'destination.address')], [A, B]);
   const steps = trace.filter((s) => s !== root);
   for (const s of steps) assert.equal(s.parentSpanId, root.spanId, `${s.name} hangs off the root`);
   const nodeOf = (step: number) => new Set(steps.filter((s) => attr(s, 'nettrace.step') === step).map((s) => attr(s, 'nettrace.node')));
@@ -150,8 +152,10 @@ test('OTLP: a sampled packet is one trace with the nine steps from both nodes; r
   for (const step of [6, 7, 8, 9]) assert.deepEqual([...nodeOf(step)], [tb.nodes[1]!.netns], `step ${step}`);
   const wire = steps.find((s) => attr(s, 'nettrace.step') === 6)!;
   assert.equal(attr(wire, 'nettrace.from_node'), tb.nodes[0]!.netns);
-  assert.ok(Number(attr(wire, 'nettrace.latency_ns')) >= 0);
-  assert.equal(attr(steps.find((s) => attr(s, 'nettrace.step') === 4)!, 'nettrace.device'), 'flannel.1');
+  // the wire's latency is the span's duration, never negative
+  assert.ok(BigInt(wire.endTimeUnixNano) >= BigInt(wire.startTimeUnixNano));
+  assert.equal(attr(wire, 'nettrace.latency_ns'), undefined);
+  assert.equal(attr(steps.find((s) => attr(s, 'nettrace.step') === 4)!, 'network.interface.name'), 'flannel.1');
   for (const s of steps) assert.ok(BigInt(s.endTimeUnixNano) >= BigInt(s.startTimeUnixNano), s.name);
 
   // retransmits: loss on node1's underlay while pod A sends
@@ -161,8 +165,9 @@ test('OTLP: a sampled packet is one trace with the nine steps from both nodes; r
   nsSpawn(t, podNs(tb, 'pod-b'), ['iperf3', '-s']);
   waitIperf(tb);
   nsExec(podNs(tb, 'pod-a'), ['iperf3', '-c', B, '-t', '1'], 30000);
-  const rt = await waitFor('a retransmit span', async () => recv.spans.find((s) => s.name.startsWith('tcp retransmit')));
-  assert.equal(attr(rt, 'source.address'), A);
+  const rt = await waitFor('a retransmit span of pod A', async () => recv.spans.find((s) => s.name === 'tcp retransmit' && attr(s, 'source.address') === A));
+  // pod B's iperf3 listens on :: (a dual-stack socket): its retransmits are IPv4 too, never ::ffff:a.b.c.d
+  for (const s of recv.spans.filter((x) => x.name === 'tcp retransmit')) assert.doesNotMatch(String(attr(s, 'source.address')), /^::ffff:/i);
   assert.equal(attr(rt, 'destination.port'), 5201);
   assert.ok(Number(attr(rt, 'nettrace.tcp.segments')) >= 1);
 });

@@ -62,6 +62,9 @@ const FAULTS: Fault[] = [
     check: (d, tb, mode) => {
       assert.equal(d.cause, 'mtu');
       assert.equal(d.reason, 'PKT_TOO_BIG');
+      // the MTU check is routing: the step that failed, after the last hop that saw it
+      assert.deepEqual([d.step, d.step_name], [4, 'routing']);
+      assert.equal(d.last_seen?.node, node1(tb));
       assert.equal(d.node, node1(tb));
       assert.match(d.detail, new RegExp(`does not fit ${tunnel(mode)!.replace('.', '\\.')} on ${node1(tb)}, MTU 1450`));
       assert.match(d.detail, /the pod's MTU is 1500/);
@@ -75,6 +78,7 @@ const FAULTS: Fault[] = [
     check: (d, tb) => {
       assert.equal(d.cause, 'netfilter-drop');
       assert.equal(d.reason, 'NETFILTER_DROP');
+      assert.deepEqual([d.step, d.step_name], [4, 'routing'], 'FORWARD is routing');
       assert.equal(d.node, node1(tb));
       assert.match(d.detail, /-A FORWARD -s 10\.244\.1\.5\/32 -d 10\.244\.2\.8\/32 -j DROP/);
     },
@@ -94,6 +98,7 @@ const FAULTS: Fault[] = [
     },
     check: (d, tb) => {
       assert.equal(d.cause, 'no-route');
+      assert.deepEqual([d.step, d.step_name], [4, 'routing']);
       assert.equal(d.node, node1(tb));
       assert.match(d.detail, new RegExp(`${node1(tb)} has no route to 10\\.244\\.2\\.8`));
     },
@@ -104,6 +109,8 @@ const FAULTS: Fault[] = [
     inject: (tb, mode) => sh(['ip', '-n', node1(tb), 'neigh', 'del', '10.244.2.0', 'dev', tunnel(mode)!]),
     check: (d, tb, mode) => {
       assert.equal(d.cause, 'no-neighbour');
+      // the packet waits in the neighbour queue and never reaches the tunnel's egress: routing did not complete
+      assert.deepEqual([d.step, d.step_name], [4, 'routing']);
       assert.equal(d.node, node1(tb));
       assert.match(d.detail, new RegExp(`via 10\\.244\\.2\\.0 on ${tunnel(mode)!.replace('.', '\\.')}, and has no neighbour entry for 10\\.244\\.2\\.0`));
     },
@@ -114,6 +121,9 @@ const FAULTS: Fault[] = [
     inject: (tb, mode) => sh(['bridge', '-n', node1(tb), 'fdb', 'del', '0e:6e:74:00:00:02', 'dev', tunnel(mode)!, 'dst', '192.168.1.102']),
     check: (d, tb, mode) => {
       assert.equal(d.cause, 'no-fdb');
+      // seen leaving through the tunnel, which has no node to send it to: encapsulation failed
+      assert.deepEqual([d.step, d.step_name], [5, 'encapsulation']);
+      assert.equal(d.last_seen?.device, tunnel(mode));
       assert.equal(d.node, node1(tb));
       assert.equal(d.device, tunnel(mode));
       assert.match(d.detail, /FDB has no node to send 0e:6e:74:00:00:02 to/);
@@ -141,7 +151,9 @@ const FAULTS: Fault[] = [
       assert.equal(d.reason, 'QDISC_DROP');
       assert.equal(d.node, node1(tb));
       assert.equal(d.device, 'eth0');
-      assert.equal(d.step, MODES[mode].tunnel ? 5 : 4, 'the last step seen: the packet left through eth0');
+      // seen at eth0 egress, dropped by its qdisc before the wire: the wire (step 6) failed, as a delay there is step 6
+      assert.equal(d.step, 6);
+      assert.deepEqual(d.last_seen && [d.last_seen.step, d.last_seen.device, d.last_seen.hook], [MODES[mode].tunnel ? 5 : 4, 'eth0', 'egress'], 'the packet left through eth0');
       assert.match(d.detail, /\d+ of \d+ probe packets \(\d+ %\) stopped after eth0/);
     },
   },
@@ -154,21 +166,23 @@ for (const fault of FAULTS) {
       const tb = withTestbed(t, { cni: mode, ...(fault.podMtu ? { podMtu: fault.podMtu } : {}) });
       fault.inject(tb, mode);
       const { d } = runDiagnose(tb);
-      for (const k of ['healthy', 'step', 'step_name', 'node', 'device', 'reason', 'cause', 'detail', 'steps']) assert.ok(k in d, `JSON has ${k}`);
+      for (const k of ['healthy', 'step', 'step_name', 'node', 'device', 'last_seen', 'reason', 'cause', 'detail', 'steps']) assert.ok(k in d, `JSON has ${k}`);
       fault.check(d, tb, mode);
     });
   }
 }
 
-test('diagnose: the table for a person marks the broken step; bad input is one line', (t) => {
+test('diagnose: the table for a person marks the step that failed; bad input is one line', (t) => {
   if (!needsRoot(t)) return;
   const tb = withTestbed(t, { podMtu: 1500 });
   const nodes = tb.nodes.map((n) => n.netns).join(',');
   const r = spawnSync(NETTRACE, ['diagnose', '--nodes', nodes, '--flow', `${A} -> ${B}`], { encoding: 'utf8', timeout: 60_000 });
   assert.equal(r.status, 10, `BROKEN exits 10: ${r.stderr}`);
-  assert.match(r.stdout, /^diagnose 10\.244\.1\.5 -> 10\.244\.2\.8 icmp: BROKEN at step 3 \(bridge\)/);
-  assert.match(r.stdout, /ok 3 bridge .* <== packets stop here/);
-  assert.match(r.stdout, /-- 4 routing/);
+  assert.match(r.stdout, /^diagnose 10\.244\.1\.5 -> 10\.244\.2\.8 icmp: BROKEN at step 4 \(routing\)/);
+  // the last hop seen stays an ok row; the mark is on the step that failed
+  assert.match(r.stdout, /^ {2}ok 3 bridge .*cni0 ingress [^<]*$/m);
+  assert.match(r.stdout, /^ {2}!! 4 routing +<== packets stop here$/m);
+  assert.match(r.stdout, /-- 5 encapsulation/);
   assert.match(r.stdout, /^cause: mtu \(kernel: PKT_TOO_BIG\)$/m);
   const bad = spawnSync(NETTRACE, ['diagnose', '--nodes', nodes, '--flow', '10.9.9.9 -> 10.244.2.8'], { encoding: 'utf8' });
   assert.equal(bad.status, 5);
@@ -195,5 +209,5 @@ test('diagnose --passive watches real traffic; a node without a known CNI is one
   t.after(() => spawnSync('ip', ['netns', 'del', empty]));
   const bad = spawnSync(NETTRACE, ['diagnose', '--nodes', empty, '--flow', `${A} -> ${B}`], { encoding: 'utf8' });
   assert.equal(bad.status, 5);
-  assert.match(bad.stderr, /^nettrace: E_NOT_FOUND: no device to hook in .*empty; name the namespaces that act as nodes with --nodes\n$/);
+  assert.match(bad.stderr, /^nettrace: E_NOT_FOUND: no device to hook in .*empty; name the namespaces that act as nodes with --netns\n$/);
 });

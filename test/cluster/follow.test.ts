@@ -133,7 +133,9 @@ test('MTU: a 1472-byte DF ping from a 1500-MTU pod stops before flannel.1 (the s
   assert.equal(p.complete, false);
   assert.equal(p.packet.len, 1500);
   assert.deepEqual(p.steps.map((h) => h.step), [1, 2, 3]);
-  assert.deepEqual(p.drop && [p.drop.step, p.drop.device, p.drop.node], [3, 'cni0', `${tb.prefix}node1`]);
+  // the step that failed (the MTU check is routing), and where it was last seen
+  assert.deepEqual(p.drop && [p.drop.step, p.drop.step_name, p.drop.device, p.drop.node], [4, 'routing', 'cni0', `${tb.prefix}node1`]);
+  assert.deepEqual(p.drop?.last_seen, { step: 3, name: 'bridge', node: `${tb.prefix}node1`, device: 'cni0', hook: 'ingress' });
   // a small ping still crosses
   assert.equal(nsExec(podNs(tb, 'pod-a'), ['ping', '-c', '1', '-W', '1', '-s', '1000', B]).status, 0);
 });
@@ -145,8 +147,8 @@ test('table output: one block a packet with the nine steps and the total', async
   nsExec(podNs(tb, 'pod-a'), ['ping', '-c', '1', B]);
   assert.equal(await f.exited, 0);
   const out = f.stdout();
-  assert.match(out, /^request +10\.244\.1\.5 -> 10\.244\.2\.8 icmp/m);
-  assert.match(out, /^reply +10\.244\.2\.8 -> 10\.244\.1\.5 icmp/m);
+  assert.match(out, /^\d{4}-\d\d-\d\dT[\d:.]+Z request +10\.244\.1\.5 -> 10\.244\.2\.8 icmp/m);
+  assert.match(out, /^\d{4}-\d\d-\d\dT[\d:.]+Z reply +10\.244\.2\.8 -> 10\.244\.1\.5 icmp/m);
   for (const name of ['container sends', 'veth pair', 'bridge', 'routing', 'encapsulation', 'physical network', 'receive, decapsulate', 'route to bridge', 'veth to pod']) {
     assert.ok(out.includes(name), `missing step "${name}"`);
   }

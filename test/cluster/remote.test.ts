@@ -262,6 +262,8 @@ test('diagnose --agents: healthy, then a FORWARD DROP on node2 found from outsid
   assert.equal(nsExec(n2, ['iptables', '-I', 'FORWARD', '-d', B, '-j', 'DROP']).status, 0);
   const broken = run();
   assert.equal(broken.cause, 'netfilter-drop', JSON.stringify(broken));
+  // seen at node2's tunnel ingress, dropped in its FORWARD chain: routing to the bridge failed
+  assert.deepEqual([broken.step, broken.last_seen?.step], [8, 7]);
   assert.equal(broken.node, n2);
   assert.match(broken.detail, /-A FORWARD -d 10\.244\.2\.8\/32 -j DROP/);
 

@@ -55,6 +55,7 @@ test('diagnose to a ClusterIP: healthy through the DNAT; a FORWARD DROP of the p
   spawnSync('ip', ['netns', 'exec', tb.nodes[0]!.netns, 'iptables', '-I', 'FORWARD', '-d', B, '-p', 'tcp', '--dport', '5201', '-j', 'DROP']);
   const bad = run();
   assert.equal(bad.cause, 'netfilter-drop');
+  assert.deepEqual([bad.step, bad.last_seen?.step], [4, 3], 'FORWARD, after the DNAT, is routing');
   assert.equal(bad.node, tb.nodes[0]!.netns);
   assert.match(bad.detail, /-A FORWARD -d 10\.244\.2\.8\/32 -p tcp -m tcp --dport 5201 -j DROP/);
 });

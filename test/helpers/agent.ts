@@ -111,8 +111,10 @@ export function attr(s: OtlpSpan, key: string): string | number | undefined {
 }
 
 /** An OTLP/HTTP receiver (JSON encoding, as the exporter sends): POST /v1/traces. */
-export async function startOtlpReceiver(t: TestContext): Promise<{ url: string; spans: OtlpSpan[]; requests: () => number }> {
+export async function startOtlpReceiver(t: TestContext): Promise<{ url: string; spans: OtlpSpan[]; resources: OtlpSpan['attributes'][]; requests: () => number }> {
   const spans: OtlpSpan[] = [];
+  /** each request's resource attributes */
+  const resources: OtlpSpan['attributes'][] = [];
   let requests = 0;
   const server = createHttpServer((req, res) => {
     let body = '';
@@ -123,13 +125,16 @@ export async function startOtlpReceiver(t: TestContext): Promise<{ url: string; 
         res.writeHead(415).end();
         return;
       }
-      const msg = JSON.parse(body) as { resourceSpans: { scopeSpans: { spans: OtlpSpan[] }[] }[] };
-      for (const rs of msg.resourceSpans) for (const ss of rs.scopeSpans) spans.push(...ss.spans);
+      const msg = JSON.parse(body) as { resourceSpans: { resource?: { attributes: OtlpSpan['attributes'] }; scopeSpans: { spans: OtlpSpan[] }[] }[] };
+      for (const rs of msg.resourceSpans) {
+        resources.push(rs.resource?.attributes ?? []);
+        for (const ss of rs.scopeSpans) spans.push(...ss.spans);
+      }
       res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
     });
   });
   const port = await freePort();
   await new Promise<void>((r) => server.listen(port, '127.0.0.1', r));
   t.after(() => new Promise<void>((r) => server.close(() => r())));
-  return { url: `http://127.0.0.1:${port}`, spans, requests: () => requests };
+  return { url: `http://127.0.0.1:${port}`, spans, resources, requests: () => requests };
 }

@@ -1,16 +1,17 @@
 // SpanSink: sampled packets become OpenTelemetry spans sent over real OTLP/HTTP (JSON) to a
-// receiver on 127.0.0.1. One sink per process (the SDK registers the global tracer
-// provider), so one test sends everything, flushes with shutdown, and its subtests read.
+// receiver on 127.0.0.1. One test sends everything, flushes with shutdown, and its subtests read.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { TracerProvider, type ReadableSpan, type SpanExporter } from '@opentelemetry/sdk-trace';
 import type { ExportResult } from '@opentelemetry/core';
-import { CountedBatchProcessor, SpanSink } from '../../../src/export/otel';
+import { agentResource, CountedBatchProcessor, SpanSink } from '../../../src/export/otel';
+import { otlpEndpoint } from '../../../src/export/otlpUrl';
+import { NettraceError } from '../../../src/errors';
 import { createMetrics } from '../../../src/export/prometheus';
 import type { HookLabels } from '../../../src/export/prometheus';
 import { SampleGrouper, stepSpanId, type Retransmit, type SampledPacket } from '../../../src/flow/sampled';
 import { ORDER, RECORD_KIND, type HopRecord } from '../../../src/probe/layout.generated';
-import { ORDER_POINTS, STEP_NAMES } from '../../../src/topology/steps';
+import { failedStep, ORDER_POINTS, STEP_NAMES } from '../../../src/topology/steps';
 import { attr, startOtlpReceiver, type OtlpSpan } from '../../helpers/agent';
 import { sampledHopRecord as rec } from '../../helpers/records';
 
@@ -25,6 +26,12 @@ const hookLabels = (order: number): HookLabels | null => {
   const p = ORDER_POINTS[order];
   return p ? { step: p.step, step_name: STEP_NAMES[p.step]!, device: DEVICE[p.role]!, hook: p.hook } : null;
 };
+/** as the agent labels a drop last seen at a hook: the step that failed, on a flannel-vxlan node */
+const dropLabels = (order: number): HookLabels | null => {
+  const step = failedStep(order, new Set(['pod', 'host-veth', 'bridge', 'tunnel', 'underlay']));
+  const seen = hookLabels(order);
+  return step === null ? null : { step, step_name: STEP_NAMES[step]!, device: seen?.device ?? '', hook: seen?.hook ?? '' };
+};
 const DROP_REASONS: Record<number, string> = { 5: 'NETFILTER_DROP', 17: 'QDISC_DROP' };
 
 /** Feeds records to a grouper as the ring hands them over; the packet they complete. */
@@ -36,13 +43,26 @@ function group(records: HopRecord[]): SampledPacket {
 }
 
 const sameTrace = (s: OtlpSpan, p: SampledPacket) => s.traceId === p.traceId;
+const durationNs = (s: OtlpSpan) => Number(BigInt(s.endTimeUnixNano) - BigInt(s.startTimeUnixNano));
+/** tc's hook as OpenTelemetry's network.io.direction */
+const IO: Record<string, string> = { ingress: 'receive', egress: 'transmit' };
 
 test('SpanSink over OTLP/HTTP: packets, the wire, drops and retransmits as spans', async (t) => {
   const recv = await startOtlpReceiver(t);
+  // the resource as a deployment names it (read when the sink starts)
+  const saved = { name: process.env.OTEL_SERVICE_NAME, attrs: process.env.OTEL_RESOURCE_ATTRIBUTES };
+  process.env.OTEL_SERVICE_NAME = 'netobs';
+  process.env.OTEL_RESOURCE_ATTRIBUTES = 'k8s.cluster.name=prod-eu,deployment.environment.name=prod';
+  t.after(() => {
+    for (const [k, v] of [['OTEL_SERVICE_NAME', saved.name], ['OTEL_RESOURCE_ATTRIBUTES', saved.attrs]] as const) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  });
   const exports: { ok: boolean; spans: number }[] = [];
   const logs: string[] = [];
   const sink = new SpanSink({
-    endpoint: recv.url, node: NODE, wallNs: wall, hookLabels, dropReason: (r) => DROP_REASONS[r] ?? `REASON_${r}`,
+    endpoint: recv.url, node: NODE, wallNs: wall, hookLabels, dropLabels, dropReason: (r) => DROP_REASONS[r] ?? `REASON_${r}`,
     onExport: (ok, spans) => exports.push({ ok, spans }), log: (l) => logs.push(l),
   });
 
@@ -82,6 +102,22 @@ test('SpanSink over OTLP/HTTP: packets, the wire, drops and retransmits as spans
       assert.match(s.spanId, /^[0-9a-f]{16}$/);
       assert.ok(BigInt(s.endTimeUnixNano) >= BigInt(s.startTimeUnixNano), s.name);
       assert.equal(attr(s, 'nettrace.node'), NODE);
+      // the latency is the span's duration; no attribute repeats it
+      assert.equal(attr(s, 'nettrace.latency_ns'), undefined, s.name);
+    }
+    // span names are few: no addresses or ports in them
+    assert.deepEqual([...new Set(all.map((s) => s.name.replace(/^step \d [a-z ,]+$/, 'step N NAME')))].sort(), ['drop', 'packet icmp', 'step N NAME', 'tcp retransmit']);
+    assert.ok(all.every((s) => !/\d+\.\d+\.\d+\.\d+/.test(s.name)), 'no address in a span name');
+  });
+
+  await t.test('the resource: nettrace-agent on its node, OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES winning', () => {
+    assert.ok(recv.resources.length >= 1);
+    for (const r of recv.resources) {
+      const get = (k: string) => r.find((a) => a.key === k)?.value.stringValue;
+      assert.equal(get('service.name'), 'netobs');
+      assert.equal(get('k8s.cluster.name'), 'prod-eu');
+      assert.equal(get('deployment.environment.name'), 'prod');
+      assert.equal(get('host.name'), NODE);
     }
   });
 
@@ -89,7 +125,8 @@ test('SpanSink over OTLP/HTTP: packets, the wire, drops and retransmits as spans
     const spans = all.filter((s) => sameTrace(s, sent));
     assert.equal(spans.length, 6 + 5, 'both nodes\' spans of the ping in one trace');
     const root = spans.find((s) => !s.parentSpanId)!;
-    assert.equal(root.name, 'packet 10.244.1.5 -> 10.244.2.8');
+    assert.equal(root.name, 'packet icmp');
+    assert.equal(attr(root, 'network.type'), 'ipv4');
     assert.equal(root.spanId, sent.rootSpanId);
     assert.equal(BigInt(root.startTimeUnixNano), wall(1_000));
     assert.equal(BigInt(root.endTimeUnixNano), wall(52_000), 'from the first hook to the last this node saw');
@@ -107,9 +144,8 @@ test('SpanSink over OTLP/HTTP: packets, the wire, drops and retransmits as spans
     const byOrder = (o: number) => spans.find((s) => s.spanId === stepSpanId(sent.traceId, o))!;
     const first = byOrder(0);
     assert.equal(first.name, 'step 1 container sends');
-    assert.equal(attr(first, 'nettrace.device'), 'pod-eth');
-    assert.equal(attr(first, 'nettrace.hook'), 'egress');
-    assert.equal(attr(first, 'nettrace.latency_ns'), undefined, 'the first hook is a point');
+    assert.equal(attr(first, 'network.interface.name'), 'pod-eth');
+    assert.equal(attr(first, 'network.io.direction'), 'transmit');
     assert.equal(first.startTimeUnixNano, first.endTimeUnixNano);
     const expected: [number, string, string, string, number, number, number][] = [
       // order, name, device, hook, start ts, end ts, latency
@@ -128,11 +164,11 @@ test('SpanSink over OTLP/HTTP: packets, the wire, drops and retransmits as spans
       assert.equal(s.name, name);
       assert.equal(attr(s, 'nettrace.step'), ORDER_POINTS[order]!.step);
       assert.equal(attr(s, 'nettrace.step_name'), STEP_NAMES[ORDER_POINTS[order]!.step]);
-      assert.equal(attr(s, 'nettrace.device'), device, name);
-      assert.equal(attr(s, 'nettrace.hook'), hook, name);
+      assert.equal(attr(s, 'network.interface.name'), device, name);
+      assert.equal(attr(s, 'network.io.direction'), IO[hook], name);
       assert.equal(BigInt(s.startTimeUnixNano), wall(start), name);
       assert.equal(BigInt(s.endTimeUnixNano), wall(end), name);
-      assert.equal(attr(s, 'nettrace.latency_ns'), latency, name);
+      assert.equal(durationNs(s), latency, name);
     }
   });
 
@@ -140,10 +176,11 @@ test('SpanSink over OTLP/HTTP: packets, the wire, drops and retransmits as spans
     const wire = all.find((s) => sameTrace(s, sent) && s.spanId === stepSpanId(sent.traceId, ORDER.UNDERLAY_INGRESS))!;
     assert.equal(wire.name, 'step 6 physical network');
     assert.equal(attr(wire, 'nettrace.step'), 6);
-    assert.equal(attr(wire, 'nettrace.device'), 'eth0');
-    assert.equal(attr(wire, 'nettrace.hook'), 'ingress');
+    assert.equal(attr(wire, 'network.interface.name'), 'eth0');
+    assert.equal(attr(wire, 'network.io.direction'), 'receive');
     assert.equal(attr(wire, 'nettrace.from_node'), SENDER);
-    assert.equal(attr(wire, 'nettrace.latency_ns'), 30_000);
+    assert.equal(durationNs(wire), 30_000);
+    assert.equal(attr(wire, 'nettrace.clock.clamped_ns'), undefined, 'the clocks agreed');
     assert.equal(BigInt(wire.startTimeUnixNano), departure.wallNs);
     assert.equal(BigInt(wire.endTimeUnixNano), wall(2_000_000));
     assert.equal(wire.parentSpanId, sent.rootSpanId);
@@ -152,23 +189,29 @@ test('SpanSink over OTLP/HTTP: packets, the wire, drops and retransmits as spans
   await t.test('the wire with a sender clock ahead: latency 0, never negative; without a departure: a point, no sender', () => {
     const wireOf = (p: SampledPacket) => all.find((s) => sameTrace(s, p) && s.spanId === stepSpanId(p.traceId, ORDER.UNDERLAY_INGRESS))!;
     const skew = wireOf(skewed);
-    assert.equal(attr(skew, 'nettrace.latency_ns'), 0);
+    assert.equal(durationNs(skew), 0);
+    assert.equal(attr(skew, 'nettrace.clock.clamped_ns'), 500, 'how far the sender\'s departure came after our arrival');
     assert.equal(attr(skew, 'nettrace.from_node'), SENDER);
     assert.equal(BigInt(skew.startTimeUnixNano), wall(3_000_000));
     const lone = wireOf(alone);
     assert.equal(attr(lone, 'nettrace.from_node'), undefined);
-    assert.equal(attr(lone, 'nettrace.latency_ns'), undefined);
+    assert.equal(attr(lone, 'nettrace.clock.clamped_ns'), undefined);
     assert.equal(lone.startTimeUnixNano, lone.endTimeUnixNano);
     assert.equal(lone.parentSpanId, alone.rootSpanId, 'the receiving node joins the trace under the sender\'s root');
     assert.equal(all.filter((s) => sameTrace(s, alone)).length, 5, 'no root of its own');
   });
 
-  await t.test('a drop: a span with the kernel\'s reason and the last device, in the packet\'s trace', () => {
+  await t.test('a drop: a span with the kernel\'s reason, the step that failed and where it was last seen, in the packet\'s trace', () => {
     const spans = all.filter((s) => sameTrace(s, dropped));
-    assert.deepEqual(spans.map((s) => s.name).sort(), ['drop', 'packet 10.244.1.5 -> 10.244.2.8', 'step 1 container sends', 'step 2 veth pair', 'step 3 bridge']);
+    assert.deepEqual(spans.map((s) => s.name).sort(), ['drop', 'packet icmp', 'step 1 container sends', 'step 2 veth pair', 'step 3 bridge']);
     const drop = spans.find((s) => s.name === 'drop')!;
     assert.equal(attr(drop, 'nettrace.drop_reason'), 'NETFILTER_DROP');
     assert.equal(attr(drop, 'nettrace.last_device'), 'cni0');
+    assert.equal(attr(drop, 'nettrace.last_hook'), 'ingress');
+    assert.equal(attr(drop, 'nettrace.last_step'), 3);
+    // the step that failed, as nettrace_drops_total and diagnose number it: FORWARD is routing
+    assert.equal(attr(drop, 'nettrace.step'), 4);
+    assert.equal(attr(drop, 'nettrace.step_name'), 'routing');
     assert.equal(drop.parentSpanId, dropped.rootSpanId);
     assert.equal(BigInt(drop.startTimeUnixNano), wall(5_030_000));
     const root = spans.find((s) => !s.parentSpanId)!;
@@ -176,8 +219,9 @@ test('SpanSink over OTLP/HTTP: packets, the wire, drops and retransmits as spans
   });
 
   await t.test('a retransmit: a root span in its connection\'s trace with seq and segments', () => {
-    const rt = all.find((s) => s.name.startsWith('tcp retransmit'))!;
-    assert.equal(rt.name, 'tcp retransmit 10.244.1.5:40000 -> 10.244.2.8:5201');
+    const rt = all.find((s) => s.name === 'tcp retransmit')!;
+    assert.equal(attr(rt, 'source.address'), '10.244.1.5');
+    assert.equal(attr(rt, 'destination.address'), '10.244.2.8');
     assert.equal(rt.traceId, retrans.traceId);
     assert.equal(rt.parentSpanId || undefined, undefined);
     assert.equal(rt.spanId, stepSpanId(retrans.traceId, 123456));
@@ -215,4 +259,29 @@ test('a full OTLP queue: the spans the BatchSpanProcessor has no room for are co
   assert.deepEqual(handed.map((b) => b.map((s) => s.name)), [['span 0', 'span 1']]);
   assert.equal(processor.dropped, 4);
   assert.equal(await scrape(), '4');
+});
+
+test('where spans go: --otlp-endpoint, else OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT, else nowhere', () => {
+  assert.equal(otlpEndpoint(undefined, {}), null);
+  assert.equal(otlpEndpoint(undefined, { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318' }), 'http://collector:4318');
+  assert.equal(otlpEndpoint(undefined, { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://a:4318', OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://b:4318/v1/traces' }), 'http://b:4318/v1/traces');
+  assert.equal(otlpEndpoint('http://flag:4318', { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://env:4318' }), 'http://flag:4318', 'the flag wins');
+  assert.equal(otlpEndpoint(undefined, { OTEL_EXPORTER_OTLP_ENDPOINT: '  ' }), null, 'empty is unset');
+  // a bad value names where it came from
+  assert.throws(() => otlpEndpoint(undefined, { OTEL_EXPORTER_OTLP_ENDPOINT: 'collector:4317' }),
+    (e: unknown) => e instanceof NettraceError && /^nettrace: E_USAGE: OTEL_EXPORTER_OTLP_ENDPOINT collector:4317: only http:\/\/ and https:\/\/ .*; set OTEL_EXPORTER_OTLP_ENDPOINT to /.test(e.line()));
+  assert.throws(() => otlpEndpoint('not a url', {}), (e: unknown) => e instanceof NettraceError && /--otlp-endpoint "not a url" is not a URL; give the collector/.test(e.line()));
+});
+
+test('the resource without OTEL_* variables: service.name nettrace-agent, host.name the node', () => {
+  const saved = { name: process.env.OTEL_SERVICE_NAME, attrs: process.env.OTEL_RESOURCE_ATTRIBUTES };
+  delete process.env.OTEL_SERVICE_NAME;
+  delete process.env.OTEL_RESOURCE_ATTRIBUTES;
+  try {
+    const a = agentResource('node7').attributes;
+    assert.deepEqual([a['service.name'], a['host.name'], a['nettrace.node']], ['nettrace-agent', 'node7', 'node7']);
+  } finally {
+    if (saved.name !== undefined) process.env.OTEL_SERVICE_NAME = saved.name;
+    if (saved.attrs !== undefined) process.env.OTEL_RESOURCE_ATTRIBUTES = saved.attrs;
+  }
 });

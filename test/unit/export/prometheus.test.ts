@@ -40,7 +40,10 @@ test('drops carry the reason name and the step the packet died in; off-path drop
   const text = await createMetrics(source([], () => [{ reason: 12, order: 2, count: 3 }, { reason: 2, order: 255, count: 4 }])).registry.metrics();
   assert.match(text, /nettrace_drops_total\{node="node1",reason="NETFILTER_DROP",step="4",step_name="routing",device="cni0"\} 3/);
   assert.match(text, /nettrace_drops_total\{node="node1",reason="REASON_2",step="none",step_name="not on a pod path",device=""\} 4/);
-  assert.match(text, /nettrace_agent_process_cpu_seconds_total/);
+  // the standard names every process dashboard reads
+  assert.match(text, /^process_cpu_seconds_total /m);
+  assert.match(text, /^process_resident_memory_bytes /m);
+  assert.doesNotMatch(text, /nettrace_agent_process_/);
 });
 
 test('retransmits: one series per endpoint pair; beyond the cap, the flows that resend most keep theirs and one "other" sums the rest', async () => {

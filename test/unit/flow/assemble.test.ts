@@ -44,7 +44,7 @@ test('the reply is mirrored: node2 is its source side', () => {
   assert.equal(p.total_ns, 80);
 });
 
-test('a path that stops is reported incomplete with its last hop after the grace time', () => {
+test('a path that stops is reported incomplete after the grace time: the step that failed, and its last hop', () => {
   let now = 0;
   const a = new PathAssembler(flow, topo, { graceMs: 500, now: () => now });
   for (const [ino, ifx, hook, ts] of REQUEST.slice(1, 4)) a.add(rec(ino, ifx, hook, ts));
@@ -54,7 +54,11 @@ test('a path that stops is reported incomplete with its last hop after the grace
   assert.ok(p);
   assert.equal(p.complete, false);
   assert.deepEqual(p.steps.map((h) => h.step), [1, 2, 3]);
-  assert.deepEqual([p.drop?.step, p.drop?.device, p.drop?.node], [3, 'cni0', 'node1']);
+  assert.deepEqual(p.drop, {
+    step: 4, step_name: 'routing', device: 'cni0', node: 'node1',
+    reason: 'not seen after cni0 ingress (last seen step 3, bridge): step 4 (routing) failed',
+    last_seen: { step: 3, name: 'bridge', node: 'node1', device: 'cni0', hook: 'ingress' },
+  });
 });
 
 test('hops on devices not in the topology, or another pod\'s veth, are ignored', () => {

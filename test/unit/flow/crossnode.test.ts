@@ -125,13 +125,13 @@ test('not watched: a stop on our own node is still a drop, and a kernel drop is 
   feed(a, sends(1).slice(0, 3), 0, { ip_id: 1 }, 'node1');
   const [k] = a.addRecord(rec(1001, 3, 0, 30, { ip_id: 1, kind: RECORD_KIND.DROP, reason: 5 }), 'node1');
   assert.ok(k);
-  assert.deepEqual([k.complete, k.drop?.kernel_reason, k.drop?.step, k.not_watched], [false, 'NETFILTER_DROP', 3, undefined]);
-  assert.match(formatPathTable(k), /INCOMPLETE: dropped by the kernel \(NETFILTER_DROP\) after cni0 ingress/);
+  assert.deepEqual([k.complete, k.drop?.kernel_reason, k.drop?.step, k.drop?.last_seen.step, k.not_watched], [false, 'NETFILTER_DROP', 4, 3, undefined]);
+  assert.match(formatPathTable(k), /INCOMPLETE: dropped by the kernel \(NETFILTER_DROP\) after cni0 ingress \(last seen step 3, bridge\): step 4 \(routing\) failed/);
 
   feed(a, sends(1).slice(0, 2), 0, { ip_id: 2 }, 'node1');
   now = 600;
   const [s] = a.expire();
-  assert.deepEqual([s?.complete, s?.drop?.step, s?.drop?.device, s?.not_watched], [false, 2, 'veth1234', undefined]);
+  assert.deepEqual([s?.complete, s?.drop?.step, s?.drop?.device, s?.not_watched], [false, 3, 'veth1234', undefined]);
 });
 
 test('not watched with host-gw nodes: our last hook is the underlay (step 4), the other node lacks step 7', () => {

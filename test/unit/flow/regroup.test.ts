@@ -215,7 +215,7 @@ test('wire skbs of no path on the receiving node are reported on their own after
   assert.deepEqual(feed(a, WIRE_RECS.slice(0, 2)), []);
   clock.now = 600;
   const out = a.expire();
-  assert.deepEqual(out.map((p) => [p.complete, p.drop?.step, p.steps.map((h) => h.step)]), [[false, 6, [6]], [false, 6, [6]]]);
+  assert.deepEqual(out.map((p) => [p.complete, p.drop?.step, p.steps.map((h) => h.step)]), [[false, 7, [6]], [false, 7, [6]]]);
   assert.equal(a.pendingCount, 0);
 });
 

@@ -144,9 +144,13 @@ test('bytes that never arrive: after the grace time, incomplete where they were 
   const p = out[0]!;
   assert.equal(p.complete, false);
   assert.deepEqual(p.steps.map((h) => h.step), ALL_STEPS, 'steps 6-9 of the skb holding the first byte');
-  assert.deepEqual(p.drop, { step: 5, device: 'ens5', node: 'node1', reason: `not seen after ens5 egress (step 5, encapsulation): ${MSS} of ${3 * MSS} bytes` });
+  assert.deepEqual(p.drop, {
+    step: 6, step_name: 'physical network', device: 'ens5', node: 'node1',
+    reason: `not seen after ens5 egress (last seen step 5, encapsulation): step 6 (physical network) failed for ${MSS} of ${3 * MSS} bytes`,
+    last_seen: { step: 5, name: 'encapsulation', node: 'node1', device: 'ens5', hook: 'egress' },
+  });
   assert.deepEqual(p.packet.segments, { sent: 3, received_as: 2, node: 'node2', merged: false });
-  assert.match(formatPathTable(p), /INCOMPLETE: not seen after ens5 egress \(step 5, encapsulation\): 1448 of 4344 bytes\n$/);
+  assert.match(formatPathTable(p), /INCOMPLETE: not seen after ens5 egress \(last seen step 5, encapsulation\): step 6 \(physical network\) failed for 1448 of 4344 bytes\n$/);
   assert.equal(a.pendingCount, 0);
 
   // the last third reached node2 but stopped at its tunnel
@@ -158,7 +162,7 @@ test('bytes that never arrive: after the grace time, incomplete where they were 
   b.clock.now = 700;
   const [q] = b.a.expire();
   assert.deepEqual([q?.complete, q?.drop?.step, q?.drop?.device, q?.drop?.node, q?.drop?.reason],
-    [false, 7, 'flannel.1', 'node2', `not seen after flannel.1 ingress (step 7, receive, decapsulate): ${MSS} of ${3 * MSS} bytes`]);
+    [false, 8, 'flannel.1', 'node2', `not seen after flannel.1 ingress (last seen step 7, receive, decapsulate): step 8 (route to bridge) failed for ${MSS} of ${3 * MSS} bytes`]);
 });
 
 test('a linked source waits while its bytes still move on the receiving node', () => {
@@ -207,7 +211,7 @@ test('a flow that moves on by gigabytes keeps matching (the index rebases)', () 
     seq = (seq + 700_000_000) >>> 0;
   }
   const left = a.expire(true);
-  assert.deepEqual(left.map((p) => [p.packet.seq, p.complete, p.drop?.step]), [[stale.seq, false, 5]]);
+  assert.deepEqual(left.map((p) => [p.packet.seq, p.complete, p.drop?.step]), [[stale.seq, false, 6]]);
 });
 
 test('unchanged boundaries (the all-veth cluster): one exact entry, no segments field, either arrival order', () => {
@@ -233,7 +237,7 @@ test('pure ACKs keep exact-key matching: a receiving-node ACK waits the grace ti
   assert.deepEqual(feed(a, DST.map(([ino, ifx, hook], i) => rec(ino, ifx, hook, 100 + i, ack(2)))), []);
   clock.now = 600;
   assert.deepEqual(a.expire().map((p) => [p.complete, p.drop?.step ?? null, p.steps.map((h) => h.step), p.packet.segments]).sort((x, y) => Number(x[0]) - Number(y[0])),
-    [[false, 5, [1, 2, 3, 4, 5], undefined], [true, null, [6, 7, 8, 9, 9], undefined]]);
+    [[false, 6, [1, 2, 3, 4, 5], undefined], [true, null, [6, 7, 8, 9, 9], undefined]]);
 });
 
 test('a receiving-node skb that overlaps no sent skb is reported as today after the grace time', () => {
@@ -257,8 +261,9 @@ test('the kernel drops one regrouped skb: the sent skb\'s path ends at once with
   const p = out[0]!;
   assert.equal(p.complete, false);
   assert.deepEqual(p.drop, {
-    step: 7, device: 'flannel.1', node: 'node2', kernel_reason: 'TC_INGRESS', dropped_on: 'flannel.1',
-    reason: `dropped by the kernel (TC_INGRESS) after flannel.1 ingress (step 7, receive, decapsulate): ${MSS} of ${2 * MSS} bytes`,
+    step: 8, step_name: 'route to bridge', device: 'flannel.1', node: 'node2', kernel_reason: 'TC_INGRESS', dropped_on: 'flannel.1',
+    reason: `dropped by the kernel (TC_INGRESS) after flannel.1 ingress (last seen step 7, receive, decapsulate): step 8 (route to bridge) failed for ${MSS} of ${2 * MSS} bytes`,
+    last_seen: { step: 7, name: 'receive, decapsulate', node: 'node2', device: 'flannel.1', hook: 'ingress' },
   });
   assert.deepEqual(p.steps.map((h) => h.step), ALL_STEPS);
   assert.deepEqual(a.expire(true), [], 'the dropped skb is not reported again on its own');

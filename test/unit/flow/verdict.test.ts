@@ -54,11 +54,11 @@ function path(opts: { lat?: (i: number) => number; upTo?: number; kernel?: strin
     steps,
     total_ns: steps.reduce((s, h) => s + h.latency_ns, 0),
     complete,
+    // flannel-vxlan has every hook: the step that failed is the next hook's
     drop: complete ? null : {
-      step: last.step, device: last.device, node: last.node,
-      reason: opts.kernel
-        ? `dropped by the kernel (${opts.kernel}) after ${last.device} ${last.hook} (step ${last.step}, ${STEP_NAMES[last.step]})`
-        : `not seen after ${last.device} ${last.hook} (step ${last.step}, ${STEP_NAMES[last.step]})`,
+      step: PATH[seen.length]![0], step_name: STEP_NAMES[PATH[seen.length]![0]]!, device: last.device, node: last.node,
+      reason: `${opts.kernel ? `dropped by the kernel (${opts.kernel})` : 'not seen'} after ${last.device} ${last.hook} (last seen step ${last.step}, ${STEP_NAMES[last.step]}): step ${PATH[seen.length]![0]} (${STEP_NAMES[PATH[seen.length]![0]]}) failed`,
+      last_seen: { step: last.step, name: last.name, node: last.node, device: last.device, hook: last.hook },
       ...(opts.kernel ? { kernel_reason: opts.kernel } : {}),
     },
   };
@@ -106,6 +106,7 @@ test('healthy: cause none, no step, the request path with its per-step latencies
   assert.equal(d.step, null);
   assert.equal(d.step_name, null);
   assert.equal(d.node, null);
+  assert.equal(d.last_seen, null);
   assert.equal(d.reason, null);
   assert.equal(d.detail, 'all 10 probe packets crossed every step; median path 180.0 µs');
   assert.equal(d.next, 'nothing to fix on the path');
@@ -119,10 +120,11 @@ test('mtu: the full-size DF probe stops with PKT_TOO_BIG; names the route device
   const d = diagnose(inp);
   assert.equal(d.healthy, false);
   assert.equal(d.cause, 'mtu');
-  assert.equal(d.step, 3);
-  assert.equal(d.step_name, 'bridge');
+  assert.equal(d.step, 4, 'the MTU check is routing: the step that failed');
+  assert.equal(d.step_name, 'routing');
   assert.equal(d.node, N1);
   assert.equal(d.device, 'cni0', 'the last device that saw it');
+  assert.deepEqual(d.last_seen, { step: 3, name: 'bridge', node: N1, device: 'cni0', hook: 'ingress' });
   assert.equal(d.reason, 'PKT_TOO_BIG');
   assert.equal(d.detail, `a 1500-byte packet with DF set (the pod's MTU is 1500) does not fit flannel.1 on ${N1}, MTU 1450 (kernel: PKT_TOO_BIG)`);
   assert.match(d.next, /set the pods' MTU to 1450 /);
@@ -155,13 +157,14 @@ test('netfilter-drop: a DROP rule in FORWARD; the step, the kernel reason and th
   const d = diagnose(inp);
   assert.equal(d.healthy, false);
   assert.equal(d.cause, 'netfilter-drop');
-  assert.equal(d.step, 3);
-  assert.equal(d.step_name, 'bridge');
+  assert.equal(d.step, 4, 'FORWARD is routing: the step that failed');
+  assert.equal(d.step_name, 'routing');
   assert.equal(d.node, N1);
   assert.equal(d.device, 'cni0');
   assert.equal(d.reason, 'NETFILTER_DROP');
   assert.ok(d.detail.includes(FORWARD_RULE), d.detail);
-  assert.match(d.detail, /^netfilter dropped the packet on nt1-node1 after cni0 \(step 3, then routing\/FORWARD\); the node's filter table, FORWARD chain, has: -A FORWARD .* \| -A FORWARD -d 10\.244\.9\.0\/24 -j REJECT/);
+  assert.deepEqual(d.last_seen, { step: 3, name: 'bridge', node: N1, device: 'cni0', hook: 'ingress' });
+  assert.match(d.detail, /^netfilter dropped the packet after cni0 ingress on nt1-node1 \(last seen step 3, bridge\): step 4 \(routing\) failed; the node's filter table, FORWARD chain, has: -A FORWARD .* \| -A FORWARD -d 10\.244\.9\.0\/24 -j REJECT/);
   assert.match(d.next, /iptables\/nftables FORWARD rules and NetworkPolicies for 10\.244\.2\.8/);
   assert.deepEqual(d.steps, paths[0]!.steps);
   assert.deepEqual(asked, [`rules ${N1}`], 'the rules of the node that dropped it; its routes do not matter');
@@ -177,8 +180,8 @@ test('no-route: the node the probes stopped on has no route to the destination',
   const { inp, asked } = input(times(5, () => path({ upTo: 3, kernel: 'IP_NOROUTE' })), { reach: { route: null } });
   const d = diagnose(inp);
   assert.equal(d.cause, 'no-route');
-  assert.equal(d.step, 3);
-  assert.equal(d.step_name, 'bridge');
+  assert.equal(d.step, 4);
+  assert.equal(d.step_name, 'routing');
   assert.equal(d.node, N1);
   assert.equal(d.device, 'cni0');
   assert.equal(d.reason, 'IP_NOROUTE');
@@ -197,7 +200,8 @@ test('no-neighbour: the route\'s gateway has no neighbour entry; names it and th
   const reach: ReachCheck = { route: { dev: 'flannel.1', gateway: '10.244.2.0' }, neighbour: { ip: '10.244.2.0', mac: null } };
   const d = diagnose(input(times(5, () => path({ upTo: 3, kernel: 'NEIGH_FAILED' })), { reach }).inp);
   assert.equal(d.cause, 'no-neighbour');
-  assert.equal(d.step, 3);
+  assert.equal(d.step, 4, 'held in the neighbour queue: it never reached the tunnel, so routing did not complete');
+  assert.equal(d.last_seen?.device, 'cni0');
   assert.equal(d.node, N1);
   assert.equal(d.reason, 'NEIGH_FAILED');
   assert.equal(d.detail, `${N1} routes ${B} via 10.244.2.0 on flannel.1, and has no neighbour entry for 10.244.2.0`);
@@ -209,10 +213,11 @@ test('no-fdb: the tunnel knows the MAC but not which node to send it to; names t
   const paths = times(5, () => path({ upTo: 4 }));
   const d = diagnose(input(paths, { reach }).inp);
   assert.equal(d.cause, 'no-fdb');
-  assert.equal(d.step, 4);
-  assert.equal(d.step_name, 'routing');
+  assert.equal(d.step, 5, 'seen at the tunnel, which has nowhere to send it: encapsulation failed');
+  assert.equal(d.step_name, 'encapsulation');
   assert.equal(d.node, N1);
   assert.equal(d.device, 'flannel.1');
+  assert.deepEqual(d.last_seen, { step: 4, name: 'routing', node: N1, device: 'flannel.1', hook: 'egress' });
   assert.equal(d.reason, null);
   assert.equal(d.detail, `${N1} knows 10.244.2.0 is ${TUNNEL_MAC} on flannel.1, and its FDB has no node to send ${TUNNEL_MAC} to`);
   assert.match(d.next, /`bridge fdb show dev flannel\.1` on nt1-node1/);
@@ -230,6 +235,7 @@ test('delay: one slow step (the wire, behind a token bucket on node1\'s eth0) is
   assert.equal(d.step_name, 'physical network');
   assert.equal(d.node, N2);
   assert.equal(d.device, 'eth0');
+  assert.equal(d.last_seen, null);
   assert.equal(d.reason, null);
   assert.match(d.detail, /^step 6 \(physical network\), from eth0 egress on nt1-node1 to eth0 ingress on nt1-node2, holds 205\.0 ms \(median of 5 packets\); the other steps take \d+\.\d µs \(median\)$/);
   assert.match(d.next, /tc -s qdisc show dev eth0/);
@@ -265,12 +271,13 @@ test('loss: some probes stop after eth0 with a qdisc drop; the rate, the step an
   const d = diagnose(inp);
   assert.equal(d.healthy, false);
   assert.equal(d.cause, 'loss');
-  assert.equal(d.step, 5);
-  assert.equal(d.step_name, 'encapsulation');
+  assert.equal(d.step, 6, 'seen at eth0 egress, dropped by its qdisc before the wire: the wire did not carry it');
+  assert.equal(d.step_name, 'physical network');
   assert.equal(d.node, N1);
   assert.equal(d.device, 'eth0');
+  assert.deepEqual(d.last_seen, { step: 5, name: 'encapsulation', node: N1, device: 'eth0', hook: 'egress' });
   assert.equal(d.reason, 'QDISC_DROP');
-  assert.equal(d.detail, `2 of 5 probe packets (40 %) stopped after eth0 on ${N1} (step 5, encapsulation), dropped by the kernel: QDISC_DROP`);
+  assert.equal(d.detail, `2 of 5 probe packets (40 %) stopped after eth0 egress on ${N1} (last seen step 5, encapsulation): step 6 (physical network) failed, dropped by the kernel: QDISC_DROP`);
   assert.match(d.next, /after eth0 on nt1-node1: its counters \(ip -s link\), qdisc \(tc -s qdisc\)/);
   assert.deepEqual(d.steps, lost[0]!.steps);
   assert.deepEqual(asked, [`reach ${N1}`], 'the node could reach B: not a routing problem');
@@ -281,9 +288,9 @@ test('loss: a stopped request is reported before a stopped reply', () => {
   const request = path({ upTo: 2 });
   const d = diagnose(input([path(), reply, request]).inp);
   assert.equal(d.cause, 'loss');
-  assert.equal(d.step, 2);
+  assert.equal(d.step, 3);
   assert.equal(d.device, 'veth1a');
-  assert.match(d.detail, /^2 of 3 probe packets \(67 %\) stopped after veth1a on nt1-node1 \(step 2, veth pair\)$/);
+  assert.match(d.detail, /^2 of 3 probe packets \(67 %\) stopped after veth1a ingress on nt1-node1 \(last seen step 2, veth pair\): step 3 \(bridge\) failed$/);
 });
 
 test('loss: no probe seen at all', () => {
@@ -291,6 +298,7 @@ test('loss: no probe seen at all', () => {
   assert.equal(d.healthy, false);
   assert.equal(d.cause, 'loss');
   assert.equal(d.step, null);
+  assert.equal(d.last_seen, null);
   assert.equal(d.detail, 'no probe packet was seen on any hook');
   assert.match(d.next, /source pod can send/);
   assert.deepEqual(d.steps, []);

@@ -397,7 +397,26 @@ test('PeerDepartures: what has left the ±5 min window is forgotten', async (t) 
   now += 300n * S;
   await peers.poll();
   assert.equal(peers.get(id('then')), undefined);
-  assert.equal(peers.evicted, 1);
+  assert.deepEqual([peers.evicted, peers.expired], [0, 1], 'out of the window is not a loss');
+});
+
+test('PeerDepartures: a departure is kept 30 s after it was learned, then forgotten (memory stays flat)', async (t) => {
+  let ms = 1_000_000;
+  const log = activeLog();
+  log.record(id('old'), T0);
+  const p = await peer(t, 'node1', log);
+  const peers = new PeerDepartures([p.url], { nowWallNs: nowT0, nowMs: () => ms });
+  t.after(() => peers.close());
+  await peers.poll();
+  ms += 29_000;
+  log.record(id('new'), T0);
+  await peers.poll();
+  assert.ok(peers.get(id('old')) && peers.get(id('new')));
+  ms += 2_000;
+  await peers.poll();
+  assert.equal(peers.get(id('old')), undefined);
+  assert.ok(peers.get(id('new')));
+  assert.deepEqual([peers.size, peers.evicted, peers.expired], [1, 0, 1]);
 });
 
 test('PeerDepartures, hostile peer: a redirect is refused, not followed', async (t) => {

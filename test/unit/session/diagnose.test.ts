@@ -32,7 +32,12 @@ function path(ipId: number, upTo = HOOKS.length): PacketPath {
     flow: { src: A, sport: 0, dst: B, dport: 0, proto: 'icmp' }, direction: 'request',
     packet: { src: A, sport: 0, dst: B, dport: 0, ip_id: ipId, len: 84, payload_len: 56, icmp_type: 8, icmp_id: 7, icmp_seq: ipId, gso_segs: 1 },
     steps, total_ns: steps.reduce((s, h) => s + h.latency_ns, 0), complete,
-    drop: complete ? null : { step: last.step, device: last.device, node: last.node, reason: `not seen after ${last.device} ${last.hook} (step ${last.step}, ${STEP_NAMES[last.step]})` },
+    drop: complete ? null : {
+      // flannel-vxlan has every hook: the step that failed is the next hook's
+      step: HOOKS[upTo]![0], step_name: STEP_NAMES[HOOKS[upTo]![0]]!, device: last.device, node: last.node,
+      reason: `not seen after ${last.device} ${last.hook} (last seen step ${last.step}, ${STEP_NAMES[last.step]}): step ${HOOKS[upTo]![0]} (${STEP_NAMES[HOOKS[upTo]![0]]}) failed`,
+      last_seen: { step: last.step, name: last.name, node: last.node, device: last.device, hook: last.hook },
+    },
   };
 }
 
@@ -69,7 +74,7 @@ const flow = parseFlowSpec(`${A} -> ${B}`, 'icmp');
 test('diagnose: a loss verdict while records were lost carries a caveat, in JSON and in the table', async () => {
   const d = await runDiagnose({ flow, target: target(7), passive: true, seconds: 0 });
   assert.equal(d.cause, 'loss');
-  assert.equal(d.step, 5);
+  assert.equal(d.step, 6, 'last seen at eth0 egress (step 5): the wire failed');
   const caveat = '7 hop records were lost before nettrace read them (the ring buffer was full): some probes counted as lost may have arrived, '
     + "so part of the loss may be nettrace's own; run diagnose again to confirm";
   const json = JSON.parse(JSON.stringify(d)) as { caveats: string[] };
