@@ -69,14 +69,24 @@ export async function soak(tb: TestbedState, minutes: number): Promise<void> {
   try {
     await new Promise((r) => setTimeout(r, 20_000)); // warm up: the JIT, the first scrapes, the peers' first polls
     const start = agents.map((a) => procStat(a.child.pid!));
+    // the JS heap in use, apart from RSS: a leak grows it, V8 and malloc keeping freed pages do not
+    const heapMb = async (port: number) => (counter(await scrape(port), 'nodejs_heap_size_used_bytes') ?? NaN) / 2 ** 20;
+    const heapStart = await Promise.all(PORTS.map(heapMb));
+    const samples: string[][] = PORTS.map(() => []);
+    let lastSample = 0;
     const t0 = Date.now();
     while (Date.now() - t0 < seconds * 1000) {
       addPod();
       if (pods.length > 5) delPod();
       await Promise.all(PORTS.map(scrape)); // Prometheus' part: scrapes as it would
+      if (Date.now() - lastSample > seconds * 100) {
+        lastSample = Date.now();
+        agents.forEach((a, i) => samples[i]!.push(procStat(a.child.pid!).rssMb.toFixed(0)));
+      }
       await new Promise((r) => setTimeout(r, 3000));
     }
     const end = agents.map((a) => procStat(a.child.pid!));
+    const heapEnd = await Promise.all(PORTS.map(heapMb));
     await new Promise((r) => setTimeout(r, 2000)); // the last pod change rescanned
     const attached = await hooks(PORTS[0]!);
     const expected = baseHooks + 4 * pods.length;
@@ -86,6 +96,7 @@ export async function soak(tb: TestbedState, minutes: number): Promise<void> {
       const e = end[i]!;
       const growth = (e.rssMb / s.rssMb - 1) * 100;
       console.log(`  agent ${tb.nodes[i]!.name}: RSS ${s.rssMb.toFixed(1)} -> ${e.rssMb.toFixed(1)} MB (${growth >= 0 ? '+' : ''}${growth.toFixed(1)} %; goal < 10 %), CPU ${((e.cpuS - s.cpuS) / seconds * 100).toFixed(1)} % of a core`);
+      console.log(`    JS heap used ${heapStart[i]!.toFixed(1)} -> ${heapEnd[i]!.toFixed(1)} MB; RSS every tenth of the run: ${samples[i]!.join(' ')} MB`);
     });
     console.log(`  node1 hooks attached ${attached}, needed for the ${pods.length} pods present ${expected} (${attached === expected ? 'none leaked' : 'MISMATCH'})`);
     for (const [i, port] of PORTS.entries()) {
