@@ -70,7 +70,11 @@ export async function soak(tb: TestbedState, minutes: number): Promise<void> {
     await new Promise((r) => setTimeout(r, 20_000)); // warm up: the JIT, the first scrapes, the peers' first polls
     const start = agents.map((a) => procStat(a.child.pid!));
     // the JS heap in use, apart from RSS: a leak grows it, V8 and malloc keeping freed pages do not
-    const heapMb = async (port: number) => (counter(await scrape(port), 'nodejs_heap_size_used_bytes') ?? NaN) / 2 ** 20;
+    const heapMb = async (port: number) => {
+      const text = await scrape(port);
+      const mb = (name: string) => ((counter(text, name) ?? NaN) / 2 ** 20).toFixed(1);
+      return `used ${mb('nodejs_heap_size_used_bytes')}, total ${mb('nodejs_heap_size_total_bytes')}, external ${mb('nodejs_external_memory_bytes')}`;
+    };
     const heapStart = await Promise.all(PORTS.map(heapMb));
     const samples: string[][] = PORTS.map(() => []);
     let lastSample = 0;
@@ -96,7 +100,7 @@ export async function soak(tb: TestbedState, minutes: number): Promise<void> {
       const e = end[i]!;
       const growth = (e.rssMb / s.rssMb - 1) * 100;
       console.log(`  agent ${tb.nodes[i]!.name}: RSS ${s.rssMb.toFixed(1)} -> ${e.rssMb.toFixed(1)} MB (${growth >= 0 ? '+' : ''}${growth.toFixed(1)} %; goal < 10 %), CPU ${((e.cpuS - s.cpuS) / seconds * 100).toFixed(1)} % of a core`);
-      console.log(`    JS heap used ${heapStart[i]!.toFixed(1)} -> ${heapEnd[i]!.toFixed(1)} MB; RSS every tenth of the run: ${samples[i]!.join(' ')} MB`);
+      console.log(`    JS heap (MB) ${heapStart[i]} -> ${heapEnd[i]}; RSS every tenth of the run: ${samples[i]!.join(' ')} MB`);
     });
     console.log(`  node1 hooks attached ${attached}, needed for the ${pods.length} pods present ${expected} (${attached === expected ? 'none leaked' : 'MISMATCH'})`);
     for (const [i, port] of PORTS.entries()) {
