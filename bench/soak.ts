@@ -48,7 +48,10 @@ export async function soak(tb: TestbedState, minutes: number): Promise<void> {
   const hooks = async (port: number) => ((await (await fetch(`http://127.0.0.1:${port}/healthz`)).json()) as { attached_hooks: number }).attached_hooks;
   const baseHooks = await hooks(PORTS[0]!);
   const seconds = Math.round(minutes * 60);
-  const load = spawn('ip', ['netns', 'exec', tb.pods[0]!.netns, 'iperf3', '-c', B, '-t', String(seconds + 30), '-P', '2'], { stdio: 'ignore' });
+  // SOAK_LOAD=0 or SOAK_CHURN=0 leave out the traffic or the pod churn, to tell which one memory follows
+  const withLoad = process.env.SOAK_LOAD !== '0';
+  const withChurn = process.env.SOAK_CHURN !== '0';
+  const load = spawn('ip', ['netns', 'exec', tb.pods[0]!.netns, 'iperf3', '-c', B, '-t', String(withLoad ? seconds + 30 : 1), '-P', '2'], { stdio: 'ignore' });
   const pods: string[] = [];
   let made = 0;
   const sh = (args: string[]) => spawnSync('ip', args, { timeout: 10_000 });
@@ -80,8 +83,10 @@ export async function soak(tb: TestbedState, minutes: number): Promise<void> {
     let lastSample = 0;
     const t0 = Date.now();
     while (Date.now() - t0 < seconds * 1000) {
-      addPod();
-      if (pods.length > 5) delPod();
+      if (withChurn) {
+        addPod();
+        if (pods.length > 5) delPod();
+      }
       await Promise.all(PORTS.map(scrape)); // Prometheus' part: scrapes as it would
       if (Date.now() - lastSample > seconds * 100) {
         lastSample = Date.now();
@@ -94,7 +99,7 @@ export async function soak(tb: TestbedState, minutes: number): Promise<void> {
     await new Promise((r) => setTimeout(r, 2000)); // the last pod change rescanned
     const attached = await hooks(PORTS[0]!);
     const expected = baseHooks + 4 * pods.length;
-    console.log(`soak: ${minutes} min, iperf3 TCP x2 pod A -> pod B, ${made} pods created and ${made - pods.length} deleted on node1 (one every 3 s, 5 kept)`);
+    console.log(`soak: ${minutes} min, ${withLoad ? 'iperf3 TCP x2 pod A -> pod B' : 'no traffic'}, ${made} pods created and ${made - pods.length} deleted on node1${withChurn ? ' (one every 3 s, 5 kept)' : ''}`);
     agents.forEach((_a, i) => {
       const s = start[i]!;
       const e = end[i]!;
