@@ -188,70 +188,44 @@ export function createMetrics(src: MetricsSource): AgentMetrics {
       },
     });
   }
-  new Counter({
-    name: METRIC_NAMES.lost, help: 'Per-packet records the kernel could not hand over because the ring buffer was full.',
-    labelNames: ['node'], registers: [registry],
+  /** A counter whose values are read at scrape time: one series per value of `label` (none: one series). */
+  const readCounter = (name: string, help: string, label: string | null, read: () => Record<string, number>) => new Counter({
+    name, help, labelNames: label ? ['node', label] : ['node'], registers: [registry],
     collect() {
+      const values = read();
       this.reset();
-      this.inc({ node }, src.lostRecords());
+      for (const [k, v] of Object.entries(values)) this.inc(label ? { node, [label]: k } : { node }, v);
     },
   });
-  new Counter({
-    name: METRIC_NAMES.mapFailures,
-    help: 'Kernel map updates that failed because the map was full (or out of memory): map="retransmits" is a new flow\'s retransmit missing from nettrace_tcp_retransmits_total, map="drops" a drop missing from nettrace_drops_total.',
-    labelNames: ['node', 'map'], registers: [registry],
-    collect() {
+  readCounter(METRIC_NAMES.lost, 'Per-packet records the kernel could not hand over because the ring buffer was full.', null,
+    () => ({ all: src.lostRecords() }));
+  readCounter(METRIC_NAMES.mapFailures,
+    'Kernel map updates that failed because the map was full (or out of memory): map="retransmits" is a new flow\'s retransmit missing from nettrace_tcp_retransmits_total, map="drops" a drop missing from nettrace_drops_total.',
+    'map', () => {
       const f = src.mapFailures();
-      this.reset();
-      this.inc({ node, map: 'retransmits' }, f.retransmits);
-      this.inc({ node, map: 'drops' }, f.drops);
-    },
-  });
+      return { retransmits: f.retransmits, drops: f.drops };
+    });
   if (src.wireStats) {
     const stats = src.wireStats;
-    new Counter({
-      name: METRIC_NAMES.wireDepartures, help: 'Departures of sampled packets this agent logged for its peers (outcome="kept"), and those overwritten before any peer read them ("dropped").',
-      labelNames: ['node', 'outcome'], registers: [registry],
-      collect() {
+    readCounter(METRIC_NAMES.wireDepartures, 'Departures of sampled packets this agent logged for its peers (outcome="kept"), and those overwritten before any peer read them ("dropped").',
+      'outcome', () => {
         const s = stats();
-        this.reset();
-        this.inc({ node, outcome: 'kept' }, s.departuresRecorded);
-        this.inc({ node, outcome: 'dropped' }, s.departuresDropped);
-      },
-    });
-    new Counter({
-      name: METRIC_NAMES.wirePeerRefused, help: 'What the wire step refused: peers\' answers of the wrong shape ("answer"), entries out of shape or time ("entry"), entries evicted at the cap ("evicted"), requests without the token ("unauthorized").',
-      labelNames: ['node', 'kind'], registers: [registry],
-      collect() {
+        return { kept: s.departuresRecorded, dropped: s.departuresDropped };
+      });
+    readCounter(METRIC_NAMES.wirePeerRefused, 'What the wire step refused: peers\' answers of the wrong shape ("answer"), entries out of shape or time ("entry"), entries evicted at the cap ("evicted"), requests without the token ("unauthorized").',
+      'kind', () => {
         const s = stats();
-        this.reset();
-        this.inc({ node, kind: 'answer' }, s.peerInvalidAnswers);
-        this.inc({ node, kind: 'entry' }, s.peerInvalidEntries);
-        this.inc({ node, kind: 'evicted' }, s.peerEvicted);
-        this.inc({ node, kind: 'unauthorized' }, s.unauthorized);
-      },
-    });
-    new Counter({
-      name: METRIC_NAMES.wireArrivals,
-      help: 'Sampled packets that arrived from the underlay while peers are set: paired with a peer\'s departure, so step 6 is timed (outcome="paired"), or no peer reported their departure within 2 s ("no_departure": the sending node is not in --peers, its agent did not answer, or it lost the departure): those packets have no step 6.',
-      labelNames: ['node', 'outcome'], registers: [registry],
-      collect() {
+        return { answer: s.peerInvalidAnswers, entry: s.peerInvalidEntries, evicted: s.peerEvicted, unauthorized: s.unauthorized };
+      });
+    readCounter(METRIC_NAMES.wireArrivals,
+      'Sampled packets that arrived from the underlay while peers are set: paired with a peer\'s departure, so step 6 is timed (outcome="paired"), or no peer reported their departure within 2 s ("no_departure": the sending node is not in --peers, its agent did not answer, or it lost the departure): those packets have no step 6.',
+      'outcome', () => {
         const s = stats();
-        this.reset();
-        this.inc({ node, outcome: 'paired' }, s.arrivalsPaired);
-        this.inc({ node, outcome: 'no_departure' }, s.arrivalsUnpaired);
-      },
-    });
-    new Counter({
-      name: METRIC_NAMES.wireClamped,
-      help: 'Step-6 times that came out negative because the two nodes\' wall clocks disagree, counted as 0 in nettrace_hop_latency_seconds: a rising rate means step 6 reads low; check NTP on both nodes.',
-      labelNames: ['node'], registers: [registry],
-      collect() {
-        const s = stats();
-        this.reset();
-        this.inc({ node }, s.clamped);
-      },
-    });
+        return { paired: s.arrivalsPaired, no_departure: s.arrivalsUnpaired };
+      });
+    readCounter(METRIC_NAMES.wireClamped,
+      'Step-6 times that came out negative because the two nodes\' wall clocks disagree, counted as 0 in nettrace_hop_latency_seconds: a rising rate means step 6 reads low; check NTP on both nodes.',
+      null, () => ({ all: stats().clamped }));
   }
   const settings = src.settings ?? {};
   new Gauge({ name: METRIC_NAMES.info, help: 'Always 1; labels tell the node this agent watches and its sampling (latency_every: 1 in N packets timed).', labelNames: ['node', ...Object.keys(settings)], registers: [registry] }).set({ node, ...settings }, 1);
