@@ -40,6 +40,8 @@ export function attachAll(devices: Device[], programs: ProgramChoice, mechanism:
           gone.add(device);
         }
       }
+      // a gone namespace took its qdiscs along: their records go too
+      for (const { device } of detached.filter((d) => d.attachment.ownsQdisc && gone.has(d.device))) forgetClsact(device.netns, device.ifindex);
       // a clsact qdisc we created goes too, once no filter (ours or another tool's) is left on it
       for (const { device } of detached.filter((d) => d.attachment.ownsQdisc && !gone.has(d.device))) {
         try {
