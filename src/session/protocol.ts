@@ -8,7 +8,7 @@ import { NettraceError } from '../errors';
 import type { FlowSpec, Proto } from '../flow/spec';
 import { decodeHopRecord, HOP_RECORD_SIZE, type HopRecord } from '../probe/layout.generated';
 import type { DetectedCni } from '../topology/cni';
-import type { Device, NodeTopology, Pod } from '../topology/model';
+import type { Device, NodeTopology, Pod, PodRef } from '../topology/model';
 import type { Service } from '../topology/services';
 
 export const API_PORT = 9966;
@@ -26,7 +26,8 @@ export interface NodeInfo {
   underlay: DeviceInfo | null;
   tunnel: DeviceInfo | null;
   bridge: DeviceInfo | null;
-  pods: { name: string; ips: string[]; eth: DeviceInfo; host_veth: DeviceInfo }[];
+  /** k8s: the pod's Kubernetes identity, when the agent has a source of names */
+  pods: { name: string; ips: string[]; eth: DeviceInfo; host_veth: DeviceInfo; k8s?: PodRef }[];
   services: Service[];
 }
 
@@ -40,7 +41,7 @@ export function nodeInfo(t: NodeTopology, services: Service[]): NodeInfo {
   return {
     api: 1, node: t.name, node_ip: t.ip, cni: t.cni,
     underlay: t.underlay && deviceInfo(t.underlay), tunnel: t.tunnel && deviceInfo(t.tunnel), bridge: t.bridge && deviceInfo(t.bridge),
-    pods: t.pods.map((p) => ({ name: p.name, ips: p.ips, eth: deviceInfo(p.eth), host_veth: deviceInfo(p.hostVeth) })),
+    pods: t.pods.map((p) => ({ name: p.name, ips: p.ips, eth: deviceInfo(p.eth), host_veth: deviceInfo(p.hostVeth), ...(p.k8s ? { k8s: p.k8s } : {}) })),
     services,
   };
 }
@@ -53,6 +54,19 @@ function bad(what: string): NettraceError {
 
 const str = (v: unknown, max = 256): v is string => typeof v === 'string' && v.length <= max;
 const uint = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
+
+// DNS-1123 names (namespace, pod, workload) and a uid: anything else from an agent is refused
+const K8S_NAME = /^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/;
+const K8S_UID = /^[A-Za-z0-9-]{1,64}$/;
+
+function podRef(raw: unknown): PodRef {
+  const r = raw as Partial<PodRef> | null;
+  if (!r || !str(r.namespace, 63) || !K8S_NAME.test(r.namespace) || !str(r.name, 253) || !K8S_NAME.test(r.name) || !str(r.uid, 64) || !K8S_UID.test(r.uid) ||
+    (r.workload !== undefined && (!str(r.workload, 253) || !K8S_NAME.test(r.workload)))) throw bad('pod identity');
+  const out: PodRef = { namespace: r.namespace, name: r.name, uid: r.uid };
+  if (r.workload !== undefined) out.workload = r.workload;
+  return out;
+}
 
 /** An agent's NodeInfo as the topology the assembler places hops on; throws on anything malformed. */
 export function topologyOf(raw: unknown): { topology: NodeTopology; services: Service[] } {
@@ -71,7 +85,9 @@ export function topologyOf(raw: unknown): { topology: NodeTopology; services: Se
   const pods: Pod[] = n.pods.map((p) => {
     if (!p || !str(p.name) || !Array.isArray(p.ips) || !p.ips.every((ip) => str(ip, 64) && isIP(ip) !== 0)) throw bad('pod');
     const eth = device(p.eth, p.name);
-    return { name: p.name, node, netns: eth.netns, ips: p.ips, eth, hostVeth: device(p.host_veth, p.name) };
+    const pod: Pod = { name: p.name, node, netns: eth.netns, ips: p.ips, eth, hostVeth: device(p.host_veth, p.name) };
+    if (p.k8s !== undefined) pod.k8s = podRef(p.k8s);
+    return pod;
   });
   const services: Service[] = n.services.map((s) => {
     if (!s || !str(s.clusterIp, 64) || isIP(s.clusterIp) === 0 || !uint(s.port) || !str(s.proto, 8) || !Array.isArray(s.endpoints) ||

@@ -17,8 +17,20 @@ export interface Device {
   vxlan?: { id: number; port: number; local: string };
 }
 
-export interface Pod {
+/** A pod's Kubernetes identity, joined by IP from the API server or the CRI (src/k8s). */
+export interface PodRef {
+  namespace: string;
   name: string;
+  uid: string;
+  /** the owning workload (a Deployment, a DaemonSet, ...); absent for a bare pod */
+  workload?: string;
+}
+
+export interface Pod {
+  /** the pod's network namespace name, as discovered from its devices */
+  name: string;
+  /** its Kubernetes identity, when a source of names (API server, CRI) knows the pod's IP */
+  k8s?: PodRef;
   node: string;
   netns: NetnsRef;
   ips: string[];
