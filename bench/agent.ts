@@ -22,6 +22,8 @@ const B = '10.244.2.8';
 interface Agent {
   child: ChildProcess;
   ready: string;
+  /** its stderr so far */
+  log(): string;
   stop(): Promise<void>;
 }
 
@@ -37,7 +39,7 @@ export function startAgentProcess(node: string, port: number, extra: string[] = 
       const m = /^ready:.*$/m.exec(err);
       if (m) {
         clearTimeout(timer);
-        resolve({ child, ready: m[0], stop: async () => { child.kill('SIGTERM'); await exited; } });
+        resolve({ child, ready: m[0], log: () => err, stop: async () => { child.kill('SIGTERM'); await exited; } });
       }
     });
     child.once('exit', (code) => reject(new Error(`agent exited ${code}: ${err}`)));
@@ -202,25 +204,51 @@ export function deletePods(prefix: string): void {
   withBatchFile(names.map((p) => `netns del ${p}`), (file) => spawnSync('ip', ['-b', file], { timeout: 120_000 }));
 }
 
+/** Resolves with the line matching re once the agent printed it (null after timeoutMs). */
+async function logLine(agent: Agent, re: RegExp, timeoutMs: number): Promise<RegExpExecArray | null> {
+  const end = performance.now() + timeoutMs;
+  for (;;) {
+    const m = re.exec(agent.log());
+    if (m || performance.now() > end) return m;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/**
+ * Issue 10's agent on a node with 250 pods: ready (node devices attached, metrics served) <= 1 s,
+ * every pod attached <= 2 s, SIGTERM to exit <= 1 s. Times are the agent's own from its start of
+ * attaching (its ready: and attached: lines), and the bench's from SIGTERM to the process's exit.
+ */
 export async function attachTime(node: string, prefix: string, pods: number, rounds: number): Promise<void> {
   makePods(node, prefix, pods);
   try {
     for (const mechanism of ['tcx', 'tc']) {
-      const ms: number[] = [];
+      const readyMs: number[] = [];
+      const allMs: number[] = [];
       const stopMs: number[] = [];
+      const spawnMs: number[] = [];
       let hooks = '';
       for (let r = 0; r < rounds; r++) {
+        const s0 = performance.now();
         const agent = await startAgentProcess(node, 19304, ['--attach', mechanism]);
-        const m = /(\d+) hooks on (\d+) devices in (\d+) ms/.exec(agent.ready);
-        if (m) {
-          ms.push(Number(m[3]));
-          hooks = `${m[1]} hooks on ${m[2]} devices`;
-        }
+        spawnMs.push(performance.now() - s0);
+        const m = /(\d+) hooks on (\d+) devices in (\d+) ms(, (\d+) pod devices attaching)?/.exec(agent.ready);
+        if (!m) throw new Error(`no attach time in: ${agent.ready}`);
+        readyMs.push(Number(m[3]));
+        // no attached: line when every pod was attached by ready
+        const all = m[4] ? await logLine(agent, /^attached: (\d+) hooks on (\d+) devices, every pod's, in (\d+) ms/m, 120_000) : m;
+        if (!all) throw new Error(`pods not attached in 120 s: ${agent.log()}`);
+        allMs.push(Number(all[3]));
+        hooks = `${all[1]} hooks on ${all[2]} devices`;
         const t0 = performance.now();
         await agent.stop();
         stopMs.push(performance.now() - t0);
       }
-      console.log(`attach to ${pods} pod veths with ${mechanism} (discovery + ${hooks}): median ${median(ms)} ms (goal <= 1000; rounds: ${ms.join(' ')}); SIGTERM to exit ${median(stopMs).toFixed(0)} ms`);
+      const f = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(' ');
+      console.log(`agent on a node with ${pods} pods, --attach ${mechanism} (${hooks}), ${rounds} rounds, medians:`);
+      console.log(`  ready (node devices attached, /metrics served) ${median(readyMs).toFixed(0)} ms (goal <= 1000; rounds: ${f(readyMs)}; from the process's start ${f(spawnMs)})`);
+      console.log(`  every pod attached                             ${median(allMs).toFixed(0)} ms (goal <= 2000; rounds: ${f(allMs)})`);
+      console.log(`  SIGTERM to exit                                ${median(stopMs).toFixed(0)} ms (goal <= 1000; rounds: ${f(stopMs)})`);
     }
   } finally {
     deletePods(prefix);

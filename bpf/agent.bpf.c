@@ -58,6 +58,15 @@ struct {
 	__type(value, struct nt_latency);
 } nt_lat SEC(".maps");
 
+/* [order]: every packet and byte the hook point saw. A per-CPU array with a constant key:
+ * the lookup is inlined, two adds a packet, no clock, no hash. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NT_ORDER_COUNT);
+	__type(key, __u32);
+	__type(value, struct nt_step_count);
+} nt_steps SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 4096);
@@ -81,6 +90,39 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } nt_map_fail SEC(".maps");
+
+/* DNS queries seen leaving their client, by (client, port, server, id): the time each was seen;
+ * an answer takes its query's entry out. Unanswered ones are swept by userspace on scrape. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NT_DNS_PENDING);
+	__type(key, struct nt_dns_key);
+	__type(value, __u64);
+} nt_dns_pending SEC(".maps");
+
+/* DNS latency (query seen -> answer seen, at the client's host veth) per server. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, NT_DNS_SERVERS);
+	__type(key, struct nt_dns_server_key);
+	__type(value, struct nt_latency);
+} nt_dns_lat SEC(".maps");
+
+/* DNS answers per (server, rcode): at most 16 rcodes of NT_DNS_SERVERS servers. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, NT_DNS_SERVERS * 16);
+	__type(key, struct nt_dns_rcode_key);
+	__type(value, __u64);
+} nt_dns_rcodes SEC(".maps");
+
+/* Never written: a zeroed histogram to create nt_dns_lat entries from (too big for the stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nt_latency);
+} nt_dns_zero SEC(".maps");
 
 /* Network namespaces of this node and its pods: tracepoints see the whole kernel. */
 struct {
@@ -154,10 +196,147 @@ static __always_inline void observe(__u32 order, __u64 delta_ns)
 	lat->sum_ns += delta_ns;
 }
 
+/* The start of a DNS header: the id and the flags (QR, opcode, ..., RCODE). */
+struct nt_dns_hdr { __be16 id; __be16 flags; };
+
+/* A pointer to key's value in a per-CPU hash, adding it from init when it is new; NULL (and
+ * counted in nt_map_fail) when the map is full. */
+static __always_inline void *dns_slot(void *map, const void *key, const void *init)
+{
+	void *v = bpf_map_lookup_elem(map, key);
+
+	if (v)
+		return v;
+	/* another CPU may add the key meanwhile: BPF_NOEXIST fails, the lookup then finds it */
+	bpf_map_update_elem(map, key, init, BPF_NOEXIST);
+	v = bpf_map_lookup_elem(map, key);
+	if (!v)
+		map_failed(NT_MAP_FAIL_DNS);
+	return v;
+}
+
+/*
+ * The server that answered, for labels: behind a ClusterIP the answer's source is the ClusterIP
+ * again (un-DNATed before the client's veth), and the reply tuple of the connection's conntrack
+ * entry names the endpoint kube-proxy chose (the DNS pod). Without an entry: the answer's source.
+ */
+static __always_inline void dns_server(struct __sk_buff *skb, const struct nt_hop_record *r, __u8 *server)
+{
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+	/* skb->_nfct: the nf_conn pointer, its low 3 bits the ctinfo (NFCT_PTRMASK) */
+	struct nf_conn *ct = (struct nf_conn *)(BPF_CORE_READ(kskb, _nfct) & ~7UL);
+	__u32 ep[4] = {};
+
+	__builtin_memcpy(server, r->saddr, NT_ADDR_LEN);
+	if (!ct)
+		return;
+	/* explicit sizes: the destination is what is read into, whole */
+	if (r->family == 4)
+		bpf_core_read(&ep[0], sizeof(ep[0]), &ct->tuplehash[1].tuple.src.u3.ip);
+	else
+		bpf_core_read(ep, sizeof(ep), &ct->tuplehash[1].tuple.src.u3.all);
+	/* an untracked or template entry has no addresses */
+	if (ep[0] | ep[1] | ep[2] | ep[3])
+		__builtin_memcpy(server, ep, NT_ADDR_LEN);
+}
+
+/*
+ * DNS over UDP on a pod's host veth: a query entering it (from its client) is remembered, and
+ * its answer leaving it (to the client) is timed against it and counted by rcode. Only these
+ * two hooks: each query is timed once, on its client's node. Reads 4 bytes of the DNS header.
+ */
+static __always_inline void dns_hop(const struct nt_src *src, __u32 l4, const struct nt_hop_record *r, const __u32 order)
+{
+	struct nt_dns_hdr buf, *d;
+	struct nt_dns_key k = {};
+	struct nt_dns_server_key sk = { .family = r->family };
+	__u64 now, *ts, *count, one = 1;
+	__u16 flags;
+
+	if (!l4)
+		return;
+	d = header(src, l4 + sizeof(struct nt_udp), &buf, sizeof(buf));
+	if (!d)
+		return;
+	flags = bpf_ntohs(d->flags);
+	k.family = r->family;
+	k.id = bpf_ntohs(d->id);
+	if (order == NT_ORDER_VETH_INGRESS) {
+		if ((flags & 0x8000) || r->dport != NT_DNS_PORT)
+			return;
+		__builtin_memcpy(k.client, r->saddr, NT_ADDR_LEN);
+		__builtin_memcpy(k.server, r->daddr, NT_ADDR_LEN);
+		k.client_port = r->sport;
+		now = bpf_ktime_get_ns();
+		/* a resend with the same id and port restarts the clock, as the client's does */
+		if (bpf_map_update_elem(&nt_dns_pending, &k, &now, BPF_ANY))
+			map_failed(NT_MAP_FAIL_DNS);
+		return;
+	}
+	if (!(flags & 0x8000) || r->sport != NT_DNS_PORT)
+		return;
+	__builtin_memcpy(k.client, r->daddr, NT_ADDR_LEN);
+	__builtin_memcpy(k.server, r->saddr, NT_ADDR_LEN);
+	k.client_port = r->dport;
+	{
+		struct nt_dns_rcode_key rk = { .family = r->family, .rcode = flags & 0xf };
+
+		if (src->skb)
+			dns_server(src->skb, r, rk.server);
+		else
+			__builtin_memcpy(rk.server, r->saddr, NT_ADDR_LEN);
+		__builtin_memcpy(sk.server, rk.server, NT_ADDR_LEN);
+		count = bpf_map_lookup_elem(&nt_dns_rcodes, &rk);
+		if (count) {
+			*count += 1;
+		} else if (bpf_map_update_elem(&nt_dns_rcodes, &rk, &one, BPF_NOEXIST)) {
+			/* another CPU may have added the key meanwhile; else the map is full */
+			count = bpf_map_lookup_elem(&nt_dns_rcodes, &rk);
+			if (count)
+				*count += 1;
+			else
+				map_failed(NT_MAP_FAIL_DNS);
+		}
+	}
+	ts = bpf_map_lookup_elem(&nt_dns_pending, &k);
+	if (!ts)
+		return; /* its query was not seen (the agent started after it, or it was swept) */
+	now = bpf_ktime_get_ns();
+	if (now >= *ts) {
+		__u32 zero = 0;
+		struct nt_latency *init = bpf_map_lookup_elem(&nt_dns_zero, &zero);
+		struct nt_latency *lat;
+		__u64 delta = now - *ts;
+		__u32 b = log2_bucket(delta);
+
+		lat = init ? dns_slot(&nt_dns_lat, &sk, init) : NULL;
+		if (lat) {
+			if (b < NT_LAT_BUCKETS)
+				lat->buckets[b] += 1;
+			lat->sum_ns += delta;
+		}
+	}
+	bpf_map_delete_elem(&nt_dns_pending, &k);
+}
+
 static __always_inline int sampled(__u64 h)
 {
 	/* a compare, not a 64-bit modulo: this runs for every packet at every hook */
 	return (h >> 32) < nt_cfg.sample_below;
+}
+
+/* Before parsing: every frame the hook sees counts (ARP and other non-IP too), as the
+ * device's own counters would. */
+static __always_inline void count_step(struct __sk_buff *skb, __u32 order)
+{
+	struct nt_step_count *c = bpf_map_lookup_elem(&nt_steps, &order);
+	__u32 segs;
+
+	if (!c)
+		return;
+	segs = skb->gso_segs;
+	c->packets += segs ? segs : 1;
+	c->bytes += skb->len;
 }
 
 static __always_inline int agent_hop(struct __sk_buff *skb, const __u32 order)
@@ -165,14 +344,21 @@ static __always_inline int agent_hop(struct __sk_buff *skb, const __u32 order)
 	struct nt_hop_record r = {};
 	struct nt_src src = { .skb = skb };
 	struct nt_seen *seen;
+	struct nt_at at;
 	__u64 now, h;
 	__u32 off = 0, slot;
 	int timed, traced;
 	__be16 proto;
 
+	count_step(skb, order);
 	proto = parse_eth(&src, &off, &r.flags);
-	if (parse_packet(&src, off, proto, &r))
+	if (parse_l3(&src, off, proto, &r, &at))
 		return TC_ACT_UNSPEC;
+	parse_l4(&src, &at, &r);
+	/* DNS on pod veths only: order is a constant, so other hooks do not even compare ports */
+	if ((order == NT_ORDER_VETH_INGRESS || order == NT_ORDER_VETH_EGRESS) && r.proto == IPPROTO_UDP &&
+	    (r.dport == NT_DNS_PORT || r.sport == NT_DNS_PORT))
+		dns_hop(&src, at.l4, &r, order);
 	h = packet_hash(&r);
 	slot = h & (NT_SEEN_SLOTS - 1);
 	seen = bpf_map_lookup_elem(&nt_seen, &slot);

@@ -22,6 +22,42 @@ struct {
 	__type(value, struct nt_flow_rule);
 } nt_flows SEC(".maps");
 
+/* follow -w: where a hop record and the packet's first bytes are put together (too big
+ * for the stack beside the parser's buffers). Per CPU: a program runs on one at a time. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nt_hop_capture);
+} nt_capture SEC(".maps");
+
+/* r and the packet's first min(snaplen, len) bytes, from where the skb's data starts at this
+ * tc hook (the MAC header; the IP header on a device without one), as one record. */
+static __always_inline void output_capture(struct __sk_buff *skb, struct nt_hop_record *r)
+{
+	struct nt_hop_capture *c;
+	__u32 zero = 0, cap;
+
+	c = bpf_map_lookup_elem(&nt_capture, &zero);
+	if (!c) {
+		output(r);
+		return;
+	}
+	__builtin_memcpy(&c->hop, r, sizeof(*r));
+	c->dev_type = BPF_CORE_READ((struct sk_buff *)bpf_cast_to_kern_ctx(skb), dev, type);
+	cap = skb->len < nt_cfg.snaplen ? skb->len : nt_cfg.snaplen;
+	if (cap > NT_SNAPLEN_MAX)
+		cap = NT_SNAPLEN_MAX;
+	/* the same value for 1..NT_SNAPLEN_MAX (a power of two), in a form whose bounds the
+	 * verifier sees on the register passed, whatever copy of cap the compiler checked */
+	if (cap == 0 || bpf_skb_load_bytes(skb, 0, c->data, ((cap - 1) & (NT_SNAPLEN_MAX - 1)) + 1))
+		cap = 0;
+	else
+		cap = ((cap - 1) & (NT_SNAPLEN_MAX - 1)) + 1;
+	c->cap_len = cap;
+	output_sized(c, offsetof(struct nt_hop_capture, data) + cap);
+}
+
 /* Whether the packet at l3off is of a followed flow: r gets its key, flow and direction.
  * The address pair decides before any L4 work: a miss costs one lookup. */
 static __always_inline int followed(const struct nt_src *src, __u32 l3off, __be16 proto,
@@ -48,7 +84,8 @@ static __always_inline int followed(const struct nt_src *src, __u32 l3off, __be1
 	return 1;
 }
 
-static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
+/* capture: a constant; the _cap programs (follow -w) also copy the packet's first bytes */
+static __always_inline int handle(struct __sk_buff *skb, __u8 hook, int capture)
 {
 	struct nt_hop_record r = {};
 	struct nt_src src = { .skb = skb };
@@ -61,20 +98,38 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 	r.hook = hook;
 	r.ts_ns = bpf_ktime_get_ns();
 	stamp_tc(skb, &r);
-	output(&r);
+	/* the plain programs have no copy at all: without -w, follow costs what it did */
+	if (capture)
+		output_capture(skb, &r);
+	else
+		output(&r);
 	return TC_ACT_UNSPEC;
 }
 
 SEC("tc")
 int nt_ingress(struct __sk_buff *skb)
 {
-	return handle(skb, NT_HOOK_INGRESS);
+	return handle(skb, NT_HOOK_INGRESS, 0);
 }
 
 SEC("tc")
 int nt_egress(struct __sk_buff *skb)
 {
-	return handle(skb, NT_HOOK_EGRESS);
+	return handle(skb, NT_HOOK_EGRESS, 0);
+}
+
+/* follow -w: the same, and the first nt_cfg.snaplen bytes after each record; userspace
+ * loads either these or the two above (autoload), never both */
+SEC("tc")
+int nt_ingress_cap(struct __sk_buff *skb)
+{
+	return handle(skb, NT_HOOK_INGRESS, 1);
+}
+
+SEC("tc")
+int nt_egress_cap(struct __sk_buff *skb)
+{
+	return handle(skb, NT_HOOK_EGRESS, 1);
 }
 
 /*

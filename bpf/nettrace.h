@@ -56,6 +56,13 @@ struct nt_latency {
 	__u64 sum_ns;
 };
 
+/* Agent: every packet a hook point sees (not only the timed ones), in one per-CPU slot per
+ * hook point. */
+struct nt_step_count {
+	__u64 packets;	/* wire packets: a GSO/GRO skb counts its gso_segs, so both nodes agree */
+	__u64 bytes;	/* skb->len: from the Ethernet header, encapsulation included */
+};
+
 enum nt_record_flags {
 	NT_F_ENCAP = 1,	/* seen through a VXLAN header: the key is the inner packet's */
 	NT_F_VLAN = 2,	/* an 802.1Q/802.1ad tag was skipped */
@@ -109,6 +116,23 @@ struct nt_hop_record {
 	__u8 _pad[5];
 };
 
+/* follow -w: at most this many of a packet's first bytes are copied after its hop record. */
+#define NT_SNAPLEN_MAX 256	/* a power of two: hop.bpf.c bounds lengths by masking */
+
+/*
+ * A hop record with the packet's first bytes, from its MAC header at the tc hook (its
+ * IP header on a device without one, such as tunl0): sent by hop's _cap programs only
+ * (follow -w), cut after data[cap_len - 1], so the ring record is 104 + cap_len bytes.
+ * hop.skb_len is the packet's whole length.
+ */
+struct nt_hop_capture {
+	struct nt_hop_record hop;
+	__u16 cap_len;		/* bytes of data that follow: min(snaplen, skb_len) */
+	__u16 dev_type;		/* the device's ARPHRD_*: 1 Ethernet; 768 (IPIP) has no MAC header */
+	__u8 _pad[4];
+	__u8 data[NT_SNAPLEN_MAX];
+};
+
 /* Agent: drops counted by kernel reason and by where the packet was last seen. */
 struct nt_drop_key {
 	__u32 reason;		/* enum skb_drop_reason */
@@ -132,7 +156,8 @@ struct nt_retrans_key {
 enum nt_map_fail {
 	NT_MAP_FAIL_RETRANS = 0,	/* nt_retrans: a new flow's retransmit */
 	NT_MAP_FAIL_DROPS = 1,		/* nt_drops: a new (reason, order)'s drop */
-	NT_MAP_FAIL_COUNT = 2,
+	NT_MAP_FAIL_DNS = 2,		/* nt_dns_pending, nt_dns_lat, nt_dns_rcodes: a query not timed or an answer not counted */
+	NT_MAP_FAIL_COUNT = 3,
 };
 
 struct nt_retrans_value {
@@ -151,6 +176,39 @@ struct nt_seen {
 	__u32 _pad;
 };
 
+/* Agent: DNS over UDP, timed on the client pod's side of its node: a query (QR 0, to port 53)
+ * entering the host veth is kept here until its answer (QR 1, from port 53) leaves the host
+ * veth towards the same client. The key's server is the address the client asked (a ClusterIP
+ * is still one at both hooks); the counts are by the server that answered (for a ClusterIP, the
+ * endpoint in the conntrack entry: the DNS pod). */
+#define NT_DNS_PENDING 8192
+#define NT_DNS_SERVERS 256
+#define NT_DNS_PORT 53
+
+struct nt_dns_key {
+	__u8 client[NT_ADDR_LEN];	/* as in nt_flow_key */
+	__u8 server[NT_ADDR_LEN];
+	__u16 client_port;	/* host order */
+	__u16 id;		/* the DNS header's id, host order */
+	__u8 family;
+	__u8 _pad[3];
+};
+
+/* Agent: DNS answers per server and response code. */
+struct nt_dns_rcode_key {
+	__u8 server[NT_ADDR_LEN];
+	__u8 family;
+	__u8 rcode;		/* the header's 4-bit RCODE */
+	__u8 _pad[2];
+};
+
+/* Agent: the DNS latency histogram's key (its value is a struct nt_latency). */
+struct nt_dns_server_key {
+	__u8 server[NT_ADDR_LEN];
+	__u8 family;
+	__u8 _pad[3];
+};
+
 /* Read-only settings, fixed before load. */
 struct nt_config {
 	__u16 vxlan_ports[NT_MAX_VXLAN_PORTS];	/* host order; 0 = unused */
@@ -160,6 +218,9 @@ struct nt_config {
 	/* agent: a packet's hops are timed iff (hash & latency_mask) == 0, so 1 in
 	 * latency_mask + 1 packets pays for clock reads (~30 ns each on this VM) */
 	__u32 latency_mask;
+	/* hop's _cap programs (follow -w): copy this many of each followed packet's first
+	 * bytes (nt_hop_capture), 1 to NT_SNAPLEN_MAX */
+	__u32 snaplen;
 };
 
 #endif

@@ -254,6 +254,20 @@ static __always_inline void parse_l4(const struct nt_src *src, const struct nt_a
 		if (ih->type == 0 || ih->type == 8 || ih->type == 128 || ih->type == 129) {
 			r->sport = bpf_ntohs(ih->id);
 			r->seq = bpf_ntohs(ih->seq);
+		} else if (r->proto == IPPROTO_ICMP && (ih->type == 3 || ih->type == 11 || ih->type == 12)) {
+			/* an error (unreachable, time exceeded, parameter problem) quotes the IPv4
+			 * header and first 8 bytes of the packet it answers: its ports, swapped, so that
+			 * the error keys like a reply of that packet's flow */
+			struct nt_ip4 qbuf, *q = header(src, l4off + sizeof(*ih), &qbuf, sizeof(qbuf));
+
+			if (q && (q->vihl >> 4) == 4 && (q->proto == IPPROTO_TCP || q->proto == IPPROTO_UDP)) {
+				struct nt_udp pbuf, *ports = header(src, l4off + sizeof(*ih) + (q->vihl & 0xf) * 4, &pbuf, 4);
+
+				if (ports) {
+					r->sport = bpf_ntohs(ports->dport);
+					r->dport = bpf_ntohs(ports->sport);
+				}
+			}
 		}
 		if (l3_end > l4off + sizeof(*ih))
 			r->payload_len = l3_end - l4off - sizeof(*ih);

@@ -67,18 +67,24 @@ static __always_inline void stamp_kernel(struct sk_buff *skb, struct nt_hop_reco
 	r->skb_len = BPF_CORE_READ(skb, len);
 }
 
-static __always_inline void output(struct nt_hop_record *r)
+/* size bytes at data as one record (a hop record, or one with packet bytes after it) */
+static __always_inline void output_sized(void *data, __u64 size)
 {
 	__u32 zero = 0;
 	__u64 *lost;
 
 	/* never a wakeup: the reader drains the mapped ring on a timer, and a wakeup
 	 * (irq_work) per record costs more than the rest of a program */
-	if (bpf_ringbuf_output(&nt_records, r, sizeof(*r), BPF_RB_NO_WAKEUP)) {
+	if (bpf_ringbuf_output(&nt_records, data, size, BPF_RB_NO_WAKEUP)) {
 		lost = bpf_map_lookup_elem(&nt_lost, &zero);
 		if (lost)
 			*lost += 1;
 	}
+}
+
+static __always_inline void output(struct nt_hop_record *r)
+{
+	output_sized(r, sizeof(*r));
 }
 
 #endif

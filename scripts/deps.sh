@@ -3,8 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# prometheus: the server and promtool, for the agent and alert-rule tests; bird2: BGP in calico-bgp; zsh: the completion test
-APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iproute2 iputils-ping iperf3 iptables ethtool curl procps python3 util-linux openssl prometheus bird2 zsh)
+# prometheus: the server and promtool, for the agent and alert-rule tests; bird2: BGP in calico-bgp; zsh: the completion test; unbound: the test cluster's DNS;
+# tshark, tcpdump: read back what follow -w writes (pcapng tests)
+APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iproute2 iputils-ping iperf3 iptables nftables ethtool curl procps python3 util-linux openssl prometheus bird2 zsh tshark tcpdump containerd runc containernetworking-plugins libc6-dev unbound)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -15,6 +16,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
   echo "  APT   ${missing[*]}"
+  # wireshark-common asks whether non-root users may capture: answer no before it asks (no dumpcap setuid)
+  echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

@@ -18,12 +18,14 @@ interface BtfType {
 export interface Field {
   name: string;
   offset: number;
-  /** 'u8' | 'u16' | 'u32' | 'u64', 'bytes' (a u8 array) or 'uN[]' */
+  /** 'u8' | 'u16' | 'u32' | 'u64', 'bytes' (a u8 array), 'uN[]' or 'struct NAME' (a struct inside) */
   kind: string;
   length: number;
 }
 
 const STRUCT = 'nt_hop_record';
+/** a hop record, then packet bytes: a record of variable length (follow -w) */
+const CAPTURE = 'nt_hop_capture';
 
 const btfCache = new Map<string, Map<number, BtfType>>();
 
@@ -70,6 +72,7 @@ export function readLayout(objectPaths: string[], structName = STRUCT): { size: 
       const count = t.nr_elems ?? 0;
       return { name: m.name, offset, kind: elem.size === 1 ? 'bytes' : `u${elem.size * 8}[]`, length: count * elem.size };
     }
+    if (t.kind === 'STRUCT' && t.name) return { name: m.name, offset, kind: `struct ${t.name}`, length: t.size ?? 0 };
     throw new Error(`${structName}.${m.name}: unsupported BTF kind ${t.kind}`);
   });
   return { size: st.size ?? 0, fields };
@@ -121,10 +124,11 @@ export interface Layout {
   fields: Field[];
 }
 
-/** Structs of bpf/nettrace.h whose layout userspace needs; the first one gets a decoder. */
+/** Structs of bpf/nettrace.h whose layout userspace needs; the first one and CAPTURE get a decoder. */
 export const STRUCTS = [
-  'nt_hop_record', 'nt_flow_key', 'nt_flow_rule', 'nt_config',
-  'nt_drop_key', 'nt_retrans_key', 'nt_retrans_value', 'nt_seen', 'nt_latency',
+  'nt_hop_record', 'nt_hop_capture', 'nt_flow_key', 'nt_flow_rule', 'nt_config',
+  'nt_drop_key', 'nt_retrans_key', 'nt_retrans_value', 'nt_seen', 'nt_latency', 'nt_step_count',
+  'nt_dns_key', 'nt_dns_rcode_key', 'nt_dns_server_key',
 ] as const;
 
 /** The objects whose BTF the structs are read from, in the order searched. */
@@ -189,6 +193,7 @@ export function renderModule(
     ...[...objects].flatMap(([obj, names]) => renderNames(obj, names, orderCount)),
     ...[...layouts].flatMap(([struct, layout]) => renderLayout(struct, layout)),
     renderDecoder(hop),
+    ...(layouts.has(CAPTURE) ? [renderCaptureDecoder(layouts.get(CAPTURE)!)] : []),
   ].join('\n');
 }
 
@@ -202,21 +207,24 @@ export function generate(objectPaths: readonly string[]): string {
   );
 }
 
+const tsType = (f: Field): string => (f.kind === 'bytes' ? 'Uint8Array' : 'number');
+
+/** The expression reading field f of the record at offset o of DataView v (b: its bytes). */
+function read(f: Field): string {
+  const at = `o + ${f.offset}`;
+  switch (f.kind) {
+    case 'u8': return `v.getUint8(${at})`;
+    case 'u16': return `v.getUint16(${at}, true)`;
+    case 'u32': return `v.getUint32(${at}, true)`;
+    // ns since boot: exact below 2^53 (104 days of uptime), then to within a few ns
+    case 'u64': return `v.getUint32(${at}, true) + v.getUint32(${at} + 4, true) * 4294967296`;
+    case 'bytes': return `b.slice(${at}, ${at} + ${f.length})`;
+    default: throw new Error(`no decoder for ${f.kind} (${f.name})`);
+  }
+}
+
 function renderDecoder(layout: Layout): string {
   const visible = layout.fields.filter((f) => !f.name.startsWith('_'));
-  const tsType = (f: Field): string => (f.kind === 'bytes' ? 'Uint8Array' : 'number');
-  const read = (f: Field): string => {
-    const at = `o + ${f.offset}`;
-    switch (f.kind) {
-      case 'u8': return `v.getUint8(${at})`;
-      case 'u16': return `v.getUint16(${at}, true)`;
-      case 'u32': return `v.getUint32(${at}, true)`;
-      // ns since boot: exact below 2^53 (104 days of uptime), then to within a few ns
-      case 'u64': return `v.getUint32(${at}, true) + v.getUint32(${at} + 4, true) * 4294967296`;
-      case 'bytes': return `b.slice(${at}, ${at} + ${f.length})`;
-      default: throw new Error(`no decoder for ${f.kind} (${f.name})`);
-    }
-  };
   return [
     'export interface HopRecord {',
     ...visible.map((f) => `  ${f.name}: ${tsType(f)};`),
@@ -234,6 +242,44 @@ function renderDecoder(layout: Layout): string {
     '  const b = lastBytes;',
     '  return {',
     ...visible.map((f) => `    ${f.name}: ${read(f)},`),
+    '  };',
+    '}',
+    '',
+  ].join('\n');
+}
+
+/**
+ * The decoder of struct nt_hop_capture: its hop record (decodeHopRecord), its integers, and its
+ * last member, the packet bytes, cut to cap_len and to the record's length in the ring (the
+ * kernel sends only the bytes it copied, so the array's tail is not there).
+ */
+function renderCaptureDecoder(layout: Layout): string {
+  const hop = layout.fields.find((f) => f.kind === `struct ${STRUCT}`);
+  const data = layout.fields[layout.fields.length - 1];
+  const len = layout.fields.find((f) => f.name === 'cap_len');
+  if (!hop || !data || data.kind !== 'bytes' || !len || len.kind !== 'u16') {
+    throw new Error(`${CAPTURE}: expected a struct ${STRUCT}, a u16 cap_len and a byte array last`);
+  }
+  // the integers between the hop record and the bytes (cap_len among them)
+  const ints = layout.fields.filter((f) => f !== hop && f !== data && !f.name.startsWith('_'));
+  if (ints.some((f) => !/^u(8|16|32)$/.test(f.kind))) throw new Error(`${CAPTURE}: only u8, u16 and u32 fields besides the record and the bytes`);
+  return [
+    'export interface HopCapture {',
+    `  ${hop.name}: HopRecord;`,
+    ...ints.map((f) => `  ${f.name}: number;`),
+    `  /** the packet's first bytes as the kernel copied them (at most ${data.length}) */`,
+    `  ${data.name}: Uint8Array;`,
+    '}',
+    '',
+    `/** A ring record of \`length\` bytes: a hop record (HOP_RECORD_SIZE: no bytes, the other fields 0) or a ${CAPTURE}. */`,
+    'export function decodeHopCapture(v: DataView, o: number, length: number): HopCapture {',
+    `  if (length < ${data.offset}) return { ${hop.name}: decodeHopRecord(v, o), ${ints.map((f) => `${f.name}: 0, `).join('')}${data.name}: new Uint8Array(0) };`,
+    `  const n = Math.min(v.getUint16(o + ${len.offset}, true), ${data.length}, length - ${data.offset});`,
+    `  const at = v.byteOffset + o + ${data.offset};`,
+    '  return {',
+    `    ${hop.name}: decodeHopRecord(v, o + ${hop.offset}),`,
+    ...ints.map((f) => `    ${f.name}: ${read(f)},`),
+    `    ${data.name}: new Uint8Array(v.buffer.slice(at, at + n)),`,
     '  };',
     '}',
     '',

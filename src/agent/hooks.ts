@@ -1,16 +1,29 @@
 // The node's devices and the agent's programs on them: attach to devices that appear (pods
 // come and go), release those that go, one rescan at a time. Pods' addresses, which only
 // labels need, are learned after attaching, a few at a time.
-import { attachEach, type AttachMechanism, type HookSet } from '../probe/attach';
+import { attachEach, detachManyAsync, type AttachMechanism, type HookSet } from '../probe/attach';
 import type { BpfProgram } from '../libbpf';
+import { ipJson } from '../exec';
 import { discoverNode, podAddresses } from '../topology/discover';
 import type { Device, NodeTopology } from '../topology/model';
-import type { NetnsRef } from '../topology/netns';
+import { ipNs, type NetnsRef } from '../topology/netns';
 import { orderOf } from '../topology/steps';
+import { podNetworks, type RouteEntry } from './labels';
 
 function devKey(d: Device): string {
   return `${d.netns.ino}:${d.ifindex}`;
 }
+
+/** pods' devices (host veth, pod eth0): attached after the node's own, in the background */
+function isPodDevice(d: Device): boolean {
+  return d.role === 'host-veth' || d.role === 'pod';
+}
+
+/** pods' devices always attached before nodeReady: a small node's pods are all there at ready */
+const READY_POD_DEVICES = 4;
+
+/** yields to the event loop, so /metrics answers between attachments */
+const turn = () => new Promise<void>((r) => setImmediate(r));
 
 function nodeDevices(t: NodeTopology): Device[] {
   return [t.underlay, t.tunnel, t.bridge, ...t.pods.flatMap((p) => [p.hostVeth, p.eth])].filter((d): d is Device => d !== null);
@@ -27,6 +40,15 @@ export interface NodeHooksOptions {
   onAttachError(message: string): void;
   /** after each rescan: the attachment count may have changed */
   onSynced(): void;
+  /** pods came or went, or a pod's addresses were learned: names must be joined again */
+  onPods?(): void;
+  /**
+   * How long a rescan attaches pods' devices before nodeReady resolves (default 100 ms, and
+   * at least the first 4: a small node is ready with every pod attached); the rest follow in
+   * the background. A tcx link waits for an RCU grace period under the kernel's
+   * rtnl lock (10-15 ms here), so 250 pods' 1,000 links take seconds whatever we do.
+   */
+  readyBudgetMs?: number;
   log(line: string): void;
 }
 
@@ -34,11 +56,17 @@ export class NodeHooks {
   topology: NodeTopology;
   private readonly hooks = new Map<string, { device: Device; set: HookSet }>();
   private readonly podIps = new Map<string, string[]>();
-  private podByIp = new Map<string, string>();
+  /** the prefixes of the node's routes that lead to pods (labels: "unknown" rather than "external") */
+  podNetworks: string[] = [];
   private syncing: Promise<void> | null = null;
   private again = false;
   private learning = false;
   private stopped = false;
+  /** pods' devices a running rescan has still to attach */
+  private pendingDevices = 0;
+  private markNodeReady: () => void = () => {};
+  /** the first rescan attached the node's own devices (or could not): pods' may still be attaching */
+  readonly nodeReady = new Promise<void>((resolve) => (this.markNodeReady = resolve));
 
   constructor(private readonly opts: NodeHooksOptions) {
     this.topology = this.discover();
@@ -55,9 +83,9 @@ export class NodeHooks {
     return this.hooks.size;
   }
 
-  /** the pod (its namespace) that has this address, '' when none we know */
-  podOf(ip: string): string {
-    return this.podByIp.get(ip) ?? '';
+  /** devices found but not attached yet (pods being attached in the background) */
+  get pending(): number {
+    return this.pendingDevices;
   }
 
   /** Attach to devices that appeared, release those that went; a call while one runs waits for it. */
@@ -69,6 +97,8 @@ export class NodeHooks {
     }
     this.syncing = this.syncOnce().finally(() => {
       this.syncing = null;
+      this.pendingDevices = 0;
+      this.markNodeReady();
       if (this.again && !this.stopped) {
         this.again = false;
         void this.sync();
@@ -81,9 +111,11 @@ export class NodeHooks {
   async detachAll(): Promise<void> {
     this.stopped = true;
     await this.syncing;
-    // tcx: each link's release waits for an RCU grace period (~10 ms here)
-    for (const h of this.hooks.values()) h.set.detach();
+    // tcx: each link's release waits for an RCU grace period under rtnl (10-15 ms here), one
+    // after the other; closing them in any order, or exiting with them open, costs the same
+    const sets = [...this.hooks.values()].map((h) => h.set);
     this.hooks.clear();
+    await detachManyAsync(sets);
   }
 
   private discover(): NodeTopology {
@@ -104,22 +136,51 @@ export class NodeHooks {
       this.hooks.delete(key);
     }
     const fresh = [...want].filter(([key]) => !this.hooks.has(key)).map(([, d]) => d);
-    const { attached, failed } = attachEach(fresh, (d, dir) => this.opts.program(orderOf(d.role, dir).order), this.opts.attach);
+    this.opts.watchNetns([this.opts.node.ino, ...this.topology.pods.map((p) => p.netns.ino)]);
+    // the node's own devices (underlay, tunnel, bridge) first; then pods', up to the budget
+    // before nodeReady, the rest one device at a time between turns of the event loop
+    this.attach(fresh.filter((d) => !isPodDevice(d)));
+    try {
+      const ns = ipNs(this.opts.node);
+      this.podNetworks = podNetworks(this.topology, [...ipJson<RouteEntry[]>(ns, ['route', 'show']), ...ipJson<RouteEntry[]>(ns, ['-6', 'route', 'show'])]);
+    } catch {
+      // keeps the last ones: a failed read must not turn pod addresses into "external"
+    }
+    const live = new Set(this.topology.pods.map((p) => p.name));
+    for (const name of this.podIps.keys()) if (!live.has(name)) this.podIps.delete(name);
+    this.indexPodIps();
+    void this.learnAddresses();
+    const pods = fresh.filter(isPodDevice);
+    const budgetEnd = performance.now() + (this.opts.readyBudgetMs ?? 100);
+    this.pendingDevices = pods.length;
+    for (const [i, d] of pods.entries()) {
+      if (this.stopped) break;
+      if (i >= READY_POD_DEVICES && performance.now() >= budgetEnd) {
+        this.markNodeReady();
+        this.opts.onSynced();
+        await turn();
+        if (this.stopped) break;
+      }
+      this.attach([d]);
+      this.pendingDevices--;
+    }
+    this.pendingDevices = 0;
+    this.opts.onSynced();
+  }
+
+  private attach(devices: Device[]): void {
+    const { attached, failed } = attachEach(devices, (d, dir) => this.opts.program(orderOf(d.role, dir).order), this.opts.attach);
     for (const { device, set } of attached) {
       if (this.stopped) set.detach();
       else this.hooks.set(devKey(device), { device, set });
     }
     for (const { error } of failed) this.opts.onAttachError(error.message);
-    this.opts.watchNetns([this.opts.node.ino, ...this.topology.pods.map((p) => p.netns.ino)]);
-    const live = new Set(this.topology.pods.map((p) => p.name));
-    for (const name of this.podIps.keys()) if (!live.has(name)) this.podIps.delete(name);
-    this.indexPodIps();
-    void this.learnAddresses();
-    this.opts.onSynced();
   }
 
+  /** also gives the topology's pods the addresses learned so far (discovery without details has none) */
   private indexPodIps(): void {
-    this.podByIp = new Map(this.topology.pods.flatMap((p) => (this.podIps.get(p.name) ?? []).map((ip) => [ip, p.name] as const)));
+    for (const p of this.topology.pods) p.ips = this.podIps.get(p.name) ?? [];
+    this.opts.onPods?.();
   }
 
   private async learnAddresses(): Promise<void> {

@@ -11,6 +11,8 @@ import { isIP } from 'node:net';
 import { NettraceError, usageError } from '../errors';
 import type { WallClock } from '../flow/clock';
 import { listen, type ListenAddress } from '../export/http';
+import type { IdentitySource } from '../k8s/identity';
+import { joinIdentities } from '../k8s/join';
 import { HOP_RECORD_SIZE, RECORD_KIND } from '../probe/layout.generated';
 import { findPodByIp } from '../topology/model';
 import type { NetnsRef } from '../topology/netns';
@@ -29,6 +31,8 @@ export interface TraceApiOptions {
   /** sessions at once; each holds its own programs and ring */
   maxSessions: number;
   log(line: string): void;
+  /** the node's source of pod names: /v1/node gives each pod its Kubernetes identity */
+  identities?: IdentitySource | null;
   /** sessions open, records streamed, records lost: for the agent's metrics */
   onStats?(s: { sessions: number; streamed?: number; lost?: number }): void;
 }
@@ -194,7 +198,7 @@ export async function startTraceApi(opts: TraceApiOptions): Promise<TraceApi> {
     const view = viewCluster([opts.node]);
     const node = view.topology.nodes[0]!;
     const facts = nodeFacts(node, dst);
-    reply(res, 200, { node: node.name, node_ip: node.ip, reach: facts.reach, drop_rules: facts.dropRules, mtus: facts.mtus });
+    reply(res, 200, { node: node.name, node_ip: node.ip, reach: facts.reach, drop_rules: facts.dropRules, filter_rules: facts.filterRules ?? [], mtus: facts.mtus });
   };
 
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
@@ -211,6 +215,7 @@ export async function startTraceApi(opts: TraceApiOptions): Promise<TraceApi> {
     const route = `${req.method} ${url.pathname}`;
     if (route === 'GET /v1/node') {
       const view = viewCluster([opts.node]);
+      if (opts.identities) joinIdentities(view.topology, opts.identities);
       reply(res, 200, nodeInfo(view.topology.nodes[0]!, view.services));
     } else if (route === 'GET /v1/time') {
       reply(res, 200, { wall_ns: opts.clock.now().wallNs.toString() });

@@ -1,12 +1,13 @@
 // nettrace's command line.
+import path from 'node:path';
 import { Argument, Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { completionScript, SHELLS, type Shell } from './completion';
 import { durationOption } from './duration';
 import { ErrorCodes, NettraceError, usageError } from '../errors';
-import { parseFlowSpec, parseProto } from '../flow/spec';
+import { parseProto } from '../flow/spec';
 import { detachAllLive } from '../probe/attach';
 import { cleanupEverywhere } from '../probe/cleanup';
-import { checkPrefix, testbedDown, testbedStatus, testbedUp } from '../testbed/testbed';
+import { checkPrefix, testbedDownCri, testbedStatus, testbedUpCri } from '../testbed/testbed';
 import { CNI_MODES, isCniMode, type CniMode } from '../topology/cni';
 import { parseListenAddress } from '../export/http';
 import { otlpEndpoint } from '../export/otlpUrl';
@@ -15,26 +16,33 @@ import { startAgent } from '../agent/agent';
 import { diagnosisExitCode, formatDiagnosis, VERDICT_EXIT } from '../export/diagnosis';
 import { pathToJsonLine } from '../export/json';
 import { formatPathTable } from '../export/table';
+import { PcapngFile } from '../export/pcapngFile';
+import { SNAPLEN_MAX } from '../probe/config';
 import { formatFlow } from '../flow/spec';
 import { advise } from '../probe/advice';
 import { packageVersion } from '../probe/paths';
 import { localTarget, runDiagnose } from '../session/diagnose';
+import { runDnsDiagnose } from '../session/dnsDiagnose';
+import type { DnsDiagnosis } from '../flow/dnsVerdict';
+import { dnsExitCode, formatDnsDiagnosis } from '../export/dnsDiagnosis';
 import type { Diagnosis } from '../flow/verdict';
 import { resolveAgents } from '../session/agentClient';
 import { connectAgents, remoteTarget, startRemoteFollow, type RemoteCluster } from '../session/remote';
 import type { PacketPath } from '../flow/path';
 import { readFileSync } from 'node:fs';
-import { constants as osConstants } from 'node:os';
-import { startFollow, type ReadyEvent } from '../session/follow';
+import { constants as osConstants, hostname } from 'node:os';
+import { startFollow, type CapturedHop, type ReadyEvent } from '../session/follow';
 import { viewCluster } from '../session/cluster';
 import { API_PORT } from '../session/protocol';
 import { readTokenFile } from '../session/token';
 import { requireBtf, requireRoot } from './preflight';
+import { checkFlowText, flowPods, joinAndClose, resolveFlowNames } from './names';
 
 const log = (s: string) => process.stderr.write(s + '\n');
 
 interface FlowCommandOptions {
   flow: string; proto?: string; output: 'table' | 'json'; netns?: string; nodes?: string; cni?: string; agents?: string; tokenFile?: string; ca?: string;
+  namespace?: string; kubeconfig?: string; criSocket?: string;
 }
 
 /** --agents: the cluster as the agents describe it; null to work on this machine's namespaces. */
@@ -155,6 +163,14 @@ function nonNegativeInt(flag: string) {
   };
 }
 
+/** follow --snaplen: bytes of each packet the kernel copies for -w */
+const DEFAULT_SNAPLEN = 128;
+
+function snaplenOption(v: string): number {
+  if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > SNAPLEN_MAX) throw new InvalidArgumentError(`--snaplen takes a whole number of bytes from 1 to ${SNAPLEN_MAX}`);
+  return Number(v);
+}
+
 function skewMs(v: string): number {
   const n = Number(v);
   if (!/^-?\d+(\.\d+)?$/.test(v) || Math.abs(n) > 3_600_000) throw new InvalidArgumentError('--clock-skew-ms takes milliseconds, at most an hour either way');
@@ -182,8 +198,12 @@ function checkCni(cni: string): asserts cni is CniMode {
   }
 }
 
+// the YAML parser is for `testbed policy` only: not a cost of every other command (the agent's memory)
+const testbedPolicy = () => import('../testbed/policy');
+
 function buildProgram(): Command {
-  const program = new Command('nettrace')
+  // kubectl runs `kubectl nettrace ...` as kubectl-nettrace: help and errors then say what the user typed
+  const program = new Command(path.basename(process.argv[1] ?? '') === 'kubectl-nettrace' ? 'kubectl nettrace' : 'nettrace')
     .description('Trace packets hop by hop across Kubernetes nodes with eBPF')
     .version(packageVersion() ?? 'unknown (no package.json of nettrace\'s found)', '-V, --version', 'print the version')
     .exitOverride()
@@ -197,9 +217,10 @@ function buildProgram(): Command {
     ));
 
   /** What every command about one flow takes. */
-  const flowCommand = (name: string, description: string) => program.command(name)
+  // diagnose --dns names its flow itself: --flow is required of the other commands only
+  const flowCommand = (name: string, description: string, flowRequired = true) => program.command(name)
     .description(description)
-    .requiredOption('--flow <spec>', "the flow: 'SRC[:PORT] -> DST[:PORT]'")
+    .addOption(new Option('--flow <spec>', "the flow: 'SRC[:PORT] -> DST[:PORT]', each an IP, NAMESPACE/POD (or POD in -n's namespace) or svc/NAMESPACE/NAME:PORT").makeOptionMandatory(flowRequired))
     .addOption(new Option('--proto <proto>', 'tcp, udp or icmp (default: tcp with ports, icmp without)'))
     .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json']).default('table'))
     .option('--netns <name,...>', 'network namespaces acting as nodes, when a whole cluster shares one kernel (default: the test cluster, else this host)')
@@ -207,7 +228,10 @@ function buildProgram(): Command {
     .addOption(new Option('--cni <mode>', 'the CNI mode, when detecting it from the nodes is not what you want').choices(CNI_MODES))
     .option('--agents <url,...>', 'trace through the agents on the nodes (http(s)://HOST:PORT, or dns://NAME:PORT for every address of a name), from any machine that reaches them')
     .option('--token-file <file>', 'with --agents: the token the agents were given')
-    .option('--ca <file>', 'with --agents over https: the CA certificate (PEM) that signed the agents\' certificates');
+    .option('--ca <file>', 'with --agents over https: the CA certificate (PEM) that signed the agents\' certificates')
+    .option('-n, --namespace <ns>', 'the namespace of a pod named without one in --flow (POD[:PORT]); default: default')
+    .option('--kubeconfig <file>', 'pod and Service names from this API server (default: in-cluster, else $KUBECONFIG or ~/.kube/config, else the CRI socket; only when --flow names pods)')
+    .option('--cri-socket <path,...>', 'on a node without API access: pod names from the container runtime (default: /run/containerd/containerd.sock, /run/crio/crio.sock)');
 
   flowCommand('follow', 'show each packet of a flow crossing the nine steps between two pods, live')
     .option('--count <n>', 'stop after n packets', positiveInt('--count'))
@@ -215,13 +239,18 @@ function buildProgram(): Command {
     .addOption(new Option('--grace <duration>', 'report a path incomplete when its next hop has not come in this long; a plain number is milliseconds')
       .argParser(durationOption('--grace', 'ms')).default(1000, '1s'))
     .addOption(new Option('--attach <mechanism>', 'tcx links (kernel 6.6+) or classic tc filters').choices(['tcx', 'tc']).default('tcx'))
+    .option('-w, --write <file>', 'also write the packets to FILE as pcapng, for tshark -r, tcpdump -r or Wireshark: one interface per node/device/hook, one packet per hop, its step in the comment (not with --agents yet)')
+    .option('--snaplen <n>', `with -w: the first n bytes of each packet, copied in the kernel, 1 to ${SNAPLEN_MAX} (default ${DEFAULT_SNAPLEN})`, snaplenOption)
     .addHelpText('after', examples(
       ['two packets of an HTTP flow and their replies, as a table', `nettrace follow ${FLOW_EXAMPLE} --count 2`],
+      ['by pod names (from the API server: --kubeconfig, the pod\'s service account or ~/.kube/config)', "nettrace follow --flow 'default/frontend -> default/backend:80' --count 2"],
+      ['ten pings and their replies at every hop, into a file tshark reads (decode flannel\'s VXLAN port)',
+        "nettrace follow --flow '10.244.1.5 -> 10.244.2.8' --count 20 -w ping.pcapng; tshark -r ping.pcapng -d udp.port==8472,vxlan"],
       ['every DNS query to a Service for 30 seconds, one JSON line per packet', "nettrace follow --flow '10.244.1.5 -> 10.96.0.10:53' --proto udp --timeout 30s -o json"],
       ['from any machine, through the agents on the nodes', `nettrace follow --agents dns://nettrace-agent.kube-system:9966 --token-file token ${FLOW_EXAMPLE}`],
       ['on network namespaces acting as nodes', `nettrace follow --netns node1,node2 ${FLOW_EXAMPLE}`],
     ))
-    .action(async (o: FlowCommandOptions & { count?: number; timeout?: number; grace: number; attach: 'tcx' | 'tc' }) => {
+    .action(async (o: FlowCommandOptions & { count?: number; timeout?: number; grace: number; attach: 'tcx' | 'tc'; write?: string; snaplen?: number }) => {
       // handlers first: a signal that lands while connecting or attaching must still detach everything
       let stop: (() => void) | null = null;
       let interrupted = false;
@@ -229,28 +258,67 @@ function buildProgram(): Command {
         interrupted = true;
         if (stop) stop();
       });
-      const flow = parseFlowSpec(o.flow, o.proto !== undefined ? parseProto(o.proto) : undefined);
+      checkFlowText(o.flow, o, o.agents !== undefined);
+      if (o.snaplen !== undefined && o.write === undefined) throw usageError('--snaplen goes with -w', 'give -w FILE too, or leave --snaplen out');
+      // agents stream fixed-size records without the packet's bytes
+      if (o.write !== undefined && o.agents !== undefined) {
+        throw usageError('-w is not supported through agents yet', 'run follow -w on the node itself (nettrace follow -w FILE ... without --agents)');
+      }
       const remote = await remoteCluster(o);
       if (!remote) {
         requireRoot();
         requireBtf();
       }
+      // names to addresses before anything is attached; the pods' names onto the cluster for the output
+      const named = await resolveFlowNames(o.flow, o.proto !== undefined ? parseProto(o.proto) : undefined, o, remote);
+      const flow = named.flow;
+      const view = remote ? null : viewCluster(resolveNodes(netnsList(o)), o.cni as CniMode | undefined);
+      joinAndClose(remote ? remote.topology : view!.topology, named);
+      const snaplen = o.write !== undefined ? o.snaplen ?? DEFAULT_SNAPLEN : 0;
+      // opened before anything is attached: a path that cannot be written fails first
+      const pcap = o.write !== undefined ? new PcapngFile(o.write, snaplen) : null;
+      let writeFailed: unknown = null;
       const events = {
         flow, count: o.count ?? null, timeoutS: o.timeout ?? null, graceMs: o.grace,
-        onPath: (p: PacketPath) => process.stdout.write(o.output === 'json' ? pathToJsonLine(p) + '\n' : formatPathTable(p) + '\n'),
+        onPath: (p: PacketPath, captured?: CapturedHop[]) => {
+          process.stdout.write(o.output === 'json' ? pathToJsonLine(p) + '\n' : formatPathTable(p) + '\n');
+          if (!pcap || writeFailed) return;
+          try {
+            pcap.write(p, captured ?? []);
+          } catch (err) {
+            writeFailed = err;
+            stop?.();
+          }
+        },
         onReady: (r: ReadyEvent) => log(readyLine('following', formatFlow(flow), r)),
         onWarning: (s: string) => log(`warning: ${s}`),
       };
-      const session = remote
-        ? startRemoteFollow({ ...events, cluster: remote })
-        : startFollow({ ...events, cluster: viewCluster(resolveNodes(netnsList(o)), o.cni as CniMode | undefined), attach: o.attach });
-      stop = session.stop;
-      if (interrupted) stop();
-      await session.done;
+      try {
+        let session;
+        try {
+          session = remote
+            ? startRemoteFollow({ ...events, cluster: remote })
+            : startFollow({ ...events, cluster: view!, attach: o.attach, snaplen });
+        } catch (err) {
+          // nothing was followed: leave no file behind
+          pcap?.discard();
+          throw err;
+        }
+        stop = session.stop;
+        if (interrupted) stop();
+        await session.done;
+      } finally {
+        pcap?.close();
+      }
+      if (writeFailed) throw writeFailed;
+      if (pcap) log(`wrote ${pcap.packets} packets to ${pcap.path}`);
     });
 
-  flowCommand('diagnose', `send probes of a flow (or watch it) and say where and why it breaks or slows; exits 0 when healthy, ${VERDICT_EXIT.BROKEN} when broken, ${VERDICT_EXIT.SLOW} when slow`)
+  flowCommand('diagnose', `send probes of a flow (or watch it) and say where and why it breaks or slows; exits 0 when healthy, ${VERDICT_EXIT.BROKEN} when broken, ${VERDICT_EXIT.SLOW} when slow`, false)
     .option('--passive', 'send nothing: watch the flow\'s real traffic')
+    .option('--dns <name>', 'instead of --flow: ask the pod\'s DNS server for this name from --from, follow the query and its answer, and say what failed (dns-timeout, dns-nxdomain, dns-servfail, dns-no-endpoints)')
+    .option('--from <pod-ip>', 'with --dns: the pod that asks')
+    .option('--server <ip>', 'with --dns: the DNS server to ask (default: the pod\'s resolv.conf nameserver, e.g. the kube-dns ClusterIP)')
     .addOption(new Option('--seconds <duration>', 'how long --passive watches: 30s, 2m; a plain number is seconds; at most 24h')
       .argParser(durationOption('--seconds', 's')).default(5, '5s'))
     .addOption(new Option('--attach <mechanism>', 'tcx links (kernel 6.6+) or classic tc filters').choices(['tcx', 'tc']).default('tcx'))
@@ -259,18 +327,27 @@ function buildProgram(): Command {
       ['TCP probes to port 80; one JSON object with the verdict', `nettrace diagnose ${FLOW_EXAMPLE} -o json`],
       ['send nothing: watch the real traffic for 30 seconds', `nettrace diagnose ${FLOW_EXAMPLE} --passive --seconds 30s`],
       ['act on the verdict in a script', `nettrace diagnose ${FLOW_EXAMPLE} >/dev/null; case $? in 0) echo healthy;; 10) echo broken;; 11) echo slow;; esac`],
+      ['resolve a Service from a pod through the cluster DNS, following the query', 'nettrace diagnose --dns iperf.default.svc.cluster.local --from 10.244.1.5'],
     ))
-    .action(async (o: FlowCommandOptions & { passive?: boolean; seconds: number; attach: 'tcx' | 'tc' }) => {
+    .action(async (o: FlowCommandOptions & { passive?: boolean; seconds: number; attach: 'tcx' | 'tc'; dns?: string; from?: string; server?: string }) => {
       // as follow: handlers before anything is attached; the session detaches when the signal aborts it
       const interrupt = new AbortController();
       onStopSignals(() => interrupt.abort());
-      const flow = parseFlowSpec(o.flow, o.proto !== undefined ? parseProto(o.proto) : undefined);
+      if (o.dns !== undefined || o.from !== undefined || o.server !== undefined) return diagnoseDnsCommand(o, interrupt);
+      if (o.flow === undefined) throw usageError('diagnose needs --flow (or --dns NAME --from POD_IP)', `e.g. nettrace diagnose ${FLOW_EXAMPLE}`);
+      checkFlowText(o.flow, o, o.agents !== undefined);
       const remote = await remoteCluster(o);
       if (!remote) {
         requireRoot();
         requireBtf();
       }
-      const target = remote ? remoteTarget(flow, remote) : localTarget(flow, viewCluster(resolveNodes(netnsList(o)), o.cni as CniMode | undefined), o.attach);
+      const named = await resolveFlowNames(o.flow, o.proto !== undefined ? parseProto(o.proto) : undefined, o, remote);
+      const flow = named.flow;
+      const view = remote ? null : viewCluster(resolveNodes(netnsList(o)), o.cni as CniMode | undefined);
+      const topology = remote ? remote.topology : view!.topology;
+      joinAndClose(topology, named);
+      const pods = flowPods(topology, named);
+      const target = remote ? remoteTarget(flow, remote) : localTarget(flow, view!, o.attach);
       let d: Diagnosis;
       try {
         d = await runDiagnose({
@@ -283,9 +360,32 @@ function buildProgram(): Command {
         if (interrupt.signal.aborted) return;
         throw err;
       }
-      process.stdout.write(o.output === 'json' ? JSON.stringify(d) + '\n' : formatDiagnosis(flow, d));
+      process.stdout.write(o.output === 'json' ? JSON.stringify(pods ? { ...d, pods } : d) + '\n' : formatDiagnosis(flow, d, pods));
       process.exitCode = diagnosisExitCode(d);
     });
+
+  /** diagnose --dns NAME --from POD_IP: on this machine's namespaces only (the client runs in the pod). */
+  const diagnoseDnsCommand = async (o: FlowCommandOptions & { passive?: boolean; attach: 'tcx' | 'tc'; dns?: string; from?: string; server?: string }, interrupt: AbortController) => {
+    if (o.dns === undefined || o.from === undefined) throw usageError('--dns and --from go together', 'e.g. nettrace diagnose --dns iperf.default.svc.cluster.local --from 10.244.1.5');
+    if (o.flow !== undefined || o.passive || o.proto !== undefined) throw usageError('--dns names its own flow (the pod to its DNS server, udp/53)', 'drop --flow, --proto and --passive');
+    if (o.agents !== undefined) throw usageError('--dns sends its queries from the pod on this machine', 'run it on the node, without --agents');
+    requireRoot();
+    requireBtf();
+    const cluster = viewCluster(resolveNodes(netnsList(o)), o.cni as CniMode | undefined);
+    let d: DnsDiagnosis;
+    try {
+      d = await runDnsDiagnose({
+        name: o.dns, from: o.from, server: o.server, cluster, attach: o.attach, signal: interrupt.signal,
+        onReady: (r) => log(readyLine('diagnosing', `dns ${o.dns} from ${o.from}`, r)),
+        onWarning: (s) => log(`warning: ${s}`),
+      });
+    } catch (err) {
+      if (interrupt.signal.aborted) return;
+      throw err;
+    }
+    process.stdout.write(o.output === 'json' ? JSON.stringify(d) + '\n' : formatDnsDiagnosis(o.from, d));
+    process.exitCode = dnsExitCode(d);
+  };
 
   program.command('agent')
     .description('run on a node: per-step latency, drops and retransmits as Prometheus metrics, sampled packets as OTLP traces')
@@ -302,9 +402,12 @@ function buildProgram(): Command {
     .option('--tls-cert <file>', 'serve the trace API over TLS with this certificate (PEM)')
     .option('--tls-key <file>', 'the key of --tls-cert (PEM)')
     .option('--max-sessions <n>', 'trace sessions at once', positiveInt('--max-sessions'), 4)
+    .option('--kubeconfig <file>', 'this node\'s pods\' Kubernetes names (metric labels, spans, /v1/node) from this API server (default: in-cluster, else $KUBECONFIG or ~/.kube/config, else the CRI socket, else pods are named by network namespace)')
+    .option('--cri-socket <path,...>', 'on a node without API access: pod names from the container runtime (default: /run/containerd/containerd.sock, /run/crio/crio.sock)')
     .addOption(new Option('--rescan <duration>', 'full rescan of the node\'s devices, besides link events (a plain number is milliseconds)')
       .argParser(durationOption('--rescan', 'ms')).default(5000, '5s').hideHelp())
     .addOption(new Option('--clock-skew-ms <ms>', 'add this to the agent\'s wall clock: a node whose clock is off, for tests').argParser(skewMs).hideHelp())
+    .addOption(new Option('--names-retry <duration>', 'while no source of names works, try again this often (tests)').argParser(durationOption('--names-retry', 'ms')).hideHelp())
     .addHelpText('after', examples(
       ['metrics only, on 127.0.0.1:9101', 'nettrace agent'],
       ['on a real node: metrics for a Prometheus elsewhere, spans to a collector, the trace API for follow --agents',
@@ -314,6 +417,7 @@ function buildProgram(): Command {
     .action(async (o: {
       netns?: string; nodes?: string; metricsAddr: string; otlpEndpoint?: string; sample: number; latencyEvery: number; peers?: string; attach: 'tcx' | 'tc'; rescan: number;
       apiAddr?: string; tokenFile?: string; tlsCert?: string; tlsKey?: string; maxSessions: number; clockSkewMs?: number;
+      kubeconfig?: string; criSocket?: string; namesRetry?: number;
     }) => {
       const metricsAddr = parseListenAddress(o.metricsAddr);
       const apiAddr = o.apiAddr !== undefined ? parseListenAddress(o.apiAddr, '--api-addr') : null;
@@ -339,6 +443,12 @@ function buildProgram(): Command {
         node, metricsAddr, otlpEndpoint: otlp, sample: o.sample, latencyEvery: o.latencyEvery, peers, attach: o.attach, rescanMs: o.rescan,
         api: token ? { addr: apiAddr, token, tls: o.tlsCert ? { certFile: o.tlsCert, keyFile: o.tlsKey! } : null, maxSessions: o.maxSessions } : null,
         clockSkewMs: o.clockSkewMs,
+        ...(o.namesRetry !== undefined ? { namesRetryMs: o.namesRetry } : {}),
+        // the Kubernetes node name: the DaemonSet gives it (downward API), else the host's name
+        names: {
+          node: process.env.NODE_NAME || hostname(), kubeconfig: o.kubeconfig,
+          criSockets: o.criSocket?.split(',').map((x) => x.trim()).filter(Boolean),
+        },
         log: (s) => process.stderr.write(s + '\n'),
       });
       stop = agent.stop;
@@ -351,23 +461,28 @@ function buildProgram(): Command {
     .option('--cni <mode>', 'CNI mode', 'flannel-vxlan')
     .option('--prefix <text>', 'prepended to every namespace name (letters, digits, - _ .)', checkPrefix, '')
     .option('--pod-mtu <bytes>', 'pod eth0 MTU (default: the mode\'s; 1500 with a tunnel reproduces the seed MTU case)', positiveInt('--pod-mtu'))
+    .option('--cri', 'also run one containerd per node and make the pods default/frontend and default/backend through its CRI (flannel modes)')
     .addHelpText('after', examples(
       ['Flannel VXLAN, the default', 'nettrace testbed up'],
+      ['with pods made by a real containerd, named through its CRI socket', 'nettrace testbed up --cri'],
       ['Calico with routes learned over BGP', 'nettrace testbed up --cni calico-bgp'],
       ['pods whose MTU does not fit the tunnel (diagnose then says mtu)', 'nettrace testbed up --pod-mtu 1500'],
     ))
-    .action((o: { cni: string; prefix: string; podMtu?: number }) => {
+    .action(async (o: { cni: string; prefix: string; podMtu?: number; cri?: boolean }) => {
       checkCni(o.cni);
       requireRoot();
-      const s = testbedUp({ prefix: o.prefix, podMtu: o.podMtu, cni: o.cni });
+      const s = await testbedUpCri({ prefix: o.prefix, podMtu: o.podMtu, cni: o.cni, cri: o.cri });
       process.stdout.write(`testbed up (${s.cni}): ${s.nodes.map((n) => `${n.netns} ${n.ip}`).join(', ')}; pods ${s.pods.map((p) => `${p.netns} ${p.ip}`).join(', ')}\n`);
+      if (s.cri) {
+        process.stdout.write(`  ${s.cri.runtime}: ${s.cri.sandboxes.map((p) => `${p.namespace}/${p.name} ${p.ip}`).join(', ')}; CRI sockets ${s.cri.nodes.map((n) => n.socket).join(',')}\n`);
+      }
     });
   testbed.command('down')
     .description('remove it, also after a failed up')
     .option('--prefix <text>', 'prepended to every namespace name (letters, digits, - _ .)', checkPrefix, '')
-    .action((o: { prefix: string }) => {
+    .action(async (o: { prefix: string }) => {
       requireRoot();
-      const removed = testbedDown(o.prefix);
+      const removed = await testbedDownCri(o.prefix);
       process.stdout.write(removed.length ? `testbed down: removed ${removed.join(', ')}\n` : 'testbed down: nothing to remove\n');
     });
   testbed.command('status')
@@ -383,6 +498,40 @@ function buildProgram(): Command {
       process.stdout.write(`testbed: up (${s.cni})\n`);
       for (const n of s.nodes) process.stdout.write(`  node ${n.netns} ${n.ip} pods ${n.podCidr}\n`);
       for (const p of s.pods) process.stdout.write(`  pod  ${p.netns} ${p.ip} on ${p.node}\n`);
+      for (const p of s.cri?.sandboxes ?? []) process.stdout.write(`  pod  ${p.namespace}/${p.name} ${p.ip} on ${p.node} (containerd, netns ${p.netns})\n`);
+    });
+  const policy = testbed.command('policy').description('Kubernetes NetworkPolicies in the Calico modes, enforced in iptables as Calico\'s Felix does');
+  policy.command('apply <file>')
+    .description('apply a networking.k8s.io/v1 NetworkPolicy YAML file (replaces one of the same name)')
+    .option('--prefix <text>', 'prepended to every namespace name (letters, digits, - _ .)', checkPrefix, '')
+    .addHelpText('after', '\nSupported: spec.podSelector and peers\' podSelector/namespaceSelector (matchLabels), ipBlock.cidr,\n'
+      + 'ports (TCP/UDP, port, endPort), policyTypes Ingress/Egress; no rules = deny. The pods are default/pod-a\n'
+      + '(app=pod-a) and default/pod-b (app=pod-b). Anything else is refused with the field named.\n' + examples(
+      ['pod-b admits nothing (diagnose then says network-policy)', 'nettrace testbed policy apply deny-b.yaml'],
+    ))
+    .action(async (file: string, o: { prefix: string }) => {
+      requireRoot();
+      const r = (await testbedPolicy()).policyApply(o.prefix, file);
+      process.stdout.write(`policy ${r.policy.namespace}/${r.policy.name} applied; selects ${r.selected.length ? r.selected.map((p) => `${r.policy.namespace}/${p}`).join(', ') : 'no pod'}\n`);
+    });
+  policy.command('delete <name>')
+    .description('remove a NetworkPolicy and its chains')
+    .option('--prefix <text>', 'prepended to every namespace name (letters, digits, - _ .)', checkPrefix, '')
+    .option('-n, --namespace <ns>', 'the policy\'s namespace', 'default')
+    .action(async (name: string, o: { prefix: string; namespace: string }) => {
+      requireRoot();
+      const p = (await testbedPolicy()).policyDelete(o.prefix, name, o.namespace);
+      process.stdout.write(`policy ${p.namespace}/${p.name} deleted\n`);
+    });
+  policy.command('list')
+    .description('the NetworkPolicies applied')
+    .option('--prefix <text>', 'prepended to every namespace name (letters, digits, - _ .)', checkPrefix, '')
+    .action(async (o: { prefix: string }) => {
+      for (const p of (await testbedPolicy()).policyList(o.prefix)) {
+        const dirs = [p.ingress ? 'Ingress' : '', p.egress ? 'Egress' : ''].filter(Boolean).join(',');
+        const sel = Object.entries(p.podSelector).map(([k, v]) => `${k}=${v}`).join(',') || '(all pods)';
+        process.stdout.write(`${p.namespace}/${p.name} ${dirs} podSelector ${sel}\n`);
+      }
     });
 
   program.command('cleanup')
@@ -455,6 +604,14 @@ function fail(thrown: unknown): void {
 process.on('uncaughtException', (err) => {
   fail(err);
   process.exit();
+});
+
+// `nettrace follow ... | head`: the reader left. Node ignores SIGPIPE, so a write would throw
+// EPIPE; stop as the signal would have stopped us (128 + 13), with nothing left attached.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code !== 'EPIPE') throw err;
+  detachAllLive();
+  process.exit(141);
 });
 
 program.parseAsync(process.argv).catch(fail);

@@ -1,6 +1,7 @@
 // diagnose -o table: one screen for a person, the path drawn and the broken or slow step marked.
 import type { Diagnosis } from '../flow/verdict';
 import { formatFlow, type FlowSpec } from '../flow/spec';
+import type { PodRef } from '../topology/model';
 import { STEP_NAMES } from '../topology/steps';
 import { formatDuration } from './table';
 
@@ -21,20 +22,22 @@ export function diagnosisExitCode(d: Diagnosis): number {
   return VERDICT_EXIT[verdictOf(d)];
 }
 
-export function formatDiagnosis(f: FlowSpec, d: Diagnosis): string {
+export function formatDiagnosis(f: FlowSpec, d: Diagnosis, pods?: { src: PodRef | null; dst: PodRef | null } | null): string {
   const out: string[] = [];
   const unjudged = new Set(d.not_watched?.steps ?? []);
   const verdict = verdictOf(d);
   const head = verdict === 'HEALTHY' ? (unjudged.size ? `HEALTHY where watched; steps ${[...unjudged].join(',')} not watched` : 'HEALTHY')
     : verdict === 'SLOW' ? `SLOW at step ${d.step} (${d.step_name})` : `BROKEN at step ${d.step ?? '?'} (${d.step_name ?? 'unknown'})`;
-  out.push(`diagnose ${formatFlow(f)}: ${head}`);
+  out.push(`diagnose ${formatFlow(f, pods)}: ${head}`);
   const seen = new Set(d.steps.map((h) => h.step));
   // broken: d.step is the step that failed, not a step the probes completed (step 9 may have its veth hop and still fail)
   const failed = verdict === 'BROKEN' ? d.step : null;
   for (let s = 1; s <= 9; s++) {
     const hops = d.steps.filter((h) => h.step === s);
-    const mark = verdict === 'SLOW' && d.step === s ? ' <== slow' : failed === s ? ' <== packets stop here' : '';
-    const where = hops.map((h) => `${h.node} ${h.device} ${h.hook}${h === d.steps[0] ? '' : ` +${formatDuration(h.latency_ns)}`}`).join(', ');
+    // a refused connection reached the pod: the pod, not the network, stopped it
+    const stop = d.cause === 'connection-refused' ? ' <== refused by the pod' : ' <== packets stop here';
+    const mark = verdict === 'SLOW' && d.step === s ? ' <== slow' : failed === s ? stop : '';
+    const where = hops.map((h) => `${h.node} ${h.k8s ? `${h.device}@${h.k8s.namespace}/${h.k8s.name}` : h.device} ${h.hook}${h === d.steps[0] ? '' : ` +${formatDuration(h.latency_ns)}`}`).join(', ');
     const state = failed === s ? '!!' : seen.has(s) ? 'ok' : unjudged.has(s) ? '??' : failed !== null && s > failed ? '--' : '  ';
     const note = unjudged.has(s) && !seen.has(s) ? `not watched: ${d.not_watched!.node}` : '';
     out.push(`  ${state} ${s} ${(STEP_NAMES[s] ?? '').padEnd(21)} ${where}${note}${mark}`.trimEnd());

@@ -140,6 +140,10 @@ export interface SpanSinkOptions {
   onExport: (ok: boolean, spans: number) => void;
   /** spans dropped because the export queue was full */
   onDropped?: (spans: number) => void;
+  /** the Kubernetes node name (the resource's k8s.node.name); absent off Kubernetes */
+  k8sNode?: string;
+  /** an address's pod: whether it runs on this node, and its Kubernetes name when a source of names knows it */
+  podOf?: (ip: string) => { local: boolean; k8s: { namespace: string; name: string } | null };
   log: (line: string) => void;
 }
 
@@ -147,9 +151,31 @@ export interface SpanSinkOptions {
  * The resource of the agent's spans: ours, then what OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES
  * say, which win (the environment is how a deployment names its services).
  */
-export function agentResource(node: string) {
-  return resourceFromAttributes({ 'service.name': 'nettrace-agent', 'host.name': node, 'nettrace.node': node })
+export function agentResource(node: string, k8sNode?: string) {
+  return resourceFromAttributes({ 'service.name': 'nettrace-agent', 'host.name': node, 'nettrace.node': node, ...(k8sNode ? { 'k8s.node.name': k8sNode } : {}) })
     .merge(detectResources({ detectors: [envDetector] }));
+}
+
+/**
+ * The pod a packet belongs to on this node, as OpenTelemetry names it (k8s.namespace.name,
+ * k8s.pod.name): the sender when it runs here, else the receiver. The other end is the peer; OTel
+ * has no peer-pod convention, so it is nettrace.peer.*. Nothing for an end no source of names knows.
+ */
+export function podAttributes(podOf: SpanSinkOptions['podOf'], src: string, dst: string): Record<string, string> {
+  if (!podOf) return {};
+  const s = podOf(src);
+  const d = podOf(dst);
+  const [own, peer] = s.local ? [s, d] : d.local ? [d, s] : [null, null];
+  const out: Record<string, string> = {};
+  if (own?.k8s) {
+    out['k8s.namespace.name'] = own.k8s.namespace;
+    out['k8s.pod.name'] = own.k8s.name;
+  }
+  if (peer?.k8s) {
+    out['nettrace.peer.namespace'] = peer.k8s.namespace;
+    out['nettrace.peer.pod'] = peer.k8s.name;
+  }
+  return out;
 }
 
 /** OpenTelemetry's network.io.direction for a tc hook. */
@@ -168,7 +194,7 @@ export class SpanSink {
     });
     let lastDropLogMs = 0;
     this.provider = new TracerProvider({
-      resource: agentResource(opts.node),
+      resource: agentResource(opts.node, opts.k8sNode),
       spanProcessors: [new CountedBatchProcessor({
         exporter: counting, scheduledDelayMillis: 500, maxQueueSize: 8192, maxExportBatchSize: 512,
         onDropped: (n) => {
@@ -194,6 +220,7 @@ export class SpanSink {
     const common = {
       'nettrace.node': this.opts.node, 'network.transport': protoName(p.proto), 'network.type': p.family === 6 ? 'ipv6' : 'ipv4',
       'source.address': p.src, 'destination.address': p.dst, 'source.port': p.sport, 'destination.port': p.dport,
+      ...podAttributes(this.opts.podOf, p.src, p.dst),
     };
     let spans = 0;
     const first = p.hops[0];
@@ -265,6 +292,7 @@ export class SpanSink {
       attributes: {
         'nettrace.node': this.opts.node, 'network.transport': 'tcp', 'network.type': r.src.includes(':') ? 'ipv6' : 'ipv4', 'source.address': r.src, 'source.port': r.sport,
         'destination.address': r.dst, 'destination.port': r.dport, 'nettrace.tcp.seq': r.seq, 'nettrace.tcp.segments': r.segments,
+        ...podAttributes(this.opts.podOf, r.src, r.dst),
       },
     });
     span.addEvent('retransmit', { segments: r.segments, seq: r.seq }, at);

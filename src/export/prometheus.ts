@@ -1,8 +1,9 @@
 // Prometheus metrics of one node's agent: read from the kernel's maps at
 // scrape time, so nothing is counted twice and an idle agent does no work.
 import { collectDefaultMetrics, Counter, Gauge, Registry, type Metric } from 'prom-client';
-import type { DropCount, LatencyHistogram, MapFailures, RetransmitCount } from '../probe/agentProbe';
+import type { DropCount, LatencyHistogram, MapFailures, RetransmitCount, StepCount } from '../probe/agentProbe';
 import { ORDER } from '../probe/layout.generated';
+import { rcodeName } from '../flow/dns';
 
 /** Labels of a hook point on this node; null when the node has no device there. */
 export interface HookLabels {
@@ -27,17 +28,33 @@ export interface MetricsSource {
   drops(): DropCount[];
   retransmits(): RetransmitCount[];
   lostRecords(): number;
+  /** every packet and byte each hook point saw, since load */
+  steps?(): StepCount[];
+  /** the node's netfilter rules by backend and table, as last read (a background refresh; never read on a scrape) */
+  netfilter?(): { rules: NetfilterRuleCount[]; failures: Record<string, number> };
   /** counts the kernel could not store because a map was full, since load */
   mapFailures(): MapFailures;
+  /** DNS from packets at the clients' host veths, by the server that answered (text: behind a ClusterIP, the DNS pod's address) */
+  dns?(): { latency: { server: string; counts: number[]; sumNs: number }[]; rcodes: { server: string; rcode: number; count: number }[] };
   hookLabels(order: number): HookLabels | null;
   /** a drop last seen at this order: the step that failed (failedStep) and the hook last seen; null when the packet was on no path */
   dropLabels(order: number): HookLabels | null;
   dropReason(reason: number): string;
-  podOf(family: number, addr: Uint8Array): { pod: string; ip: string };
+  /** what labels call an address: never the address itself (src/agent/labels.ts AddressNames) */
+  addressName(family: number, addr: Uint8Array): { namespace: string; workload: string; pod: string };
 }
 
-/** Retransmit series per scrape at most; beyond, flows are summed into destination_ip="other". */
+export interface NetfilterRuleCount {
+  /** iptables: what iptables-save shows (legacy or nft); nftables: nft tables iptables-nft did not make */
+  backend: 'iptables' | 'nftables';
+  table: string;
+  rules: number;
+}
+
+/** Retransmit series per scrape at most; beyond, the rest are summed into source_workload="other". */
 export const MAX_FLOW_SERIES = 1000;
+/** a retransmit series that has not grown for this long is no longer shown (its room goes to others) */
+export const FLOW_SERIES_IDLE_MS = 60 * 60_000;
 
 /** underlay ingress: where step 6 (the wire between nodes) ends */
 
@@ -64,6 +81,12 @@ export const METRIC_NAMES = {
   wirePeerRefused: 'nettrace_wire_peer_refused_total',
   wireArrivals: 'nettrace_wire_arrivals_total',
   wireClamped: 'nettrace_wire_skew_clamped_total',
+  dnsDuration: 'nettrace_dns_request_duration_seconds',
+  dnsResponses: 'nettrace_dns_responses_total',
+  stepPackets: 'nettrace_step_packets_total',
+  stepBytes: 'nettrace_step_bytes_total',
+  netfilterRules: 'nettrace_netfilter_rules',
+  netfilterFailures: 'nettrace_netfilter_read_failures_total',
   info: 'nettrace_agent_info',
 } as const;
 
@@ -97,6 +120,59 @@ function kernelHistogram(name: string, help: string, read: () => { labels: Recor
     reset: () => {},
   };
   return metric as unknown as Metric;
+}
+
+/** DNS servers with series of their own per scrape; the rest add up in server="other". */
+export const MAX_DNS_SERVERS = 64;
+
+/**
+ * The DNS servers to label: the MAX_DNS_SERVERS that answered most keep their address, the rest
+ * are "other" (a pod asking many servers directly must not make the agent's series unbounded).
+ */
+export function dnsServerLabels(answers: { server: string; count: number }[], max = MAX_DNS_SERVERS): (server: string) => string {
+  const total = new Map<string, number>();
+  for (const a of answers) total.set(a.server, (total.get(a.server) ?? 0) + a.count);
+  if (total.size <= max) return (s) => s;
+  const keep = new Set([...total.entries()].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).slice(0, max - 1).map(([s]) => s));
+  return (s) => (keep.has(s) ? s : 'other');
+}
+
+function dnsMetrics(registry: Registry, node: string, read: NonNullable<MetricsSource['dns']>): void {
+  // both metrics read the same maps: once per scrape
+  let cache: { at: number; v: ReturnType<typeof read>; label: (s: string) => string } | null = null;
+  const snapshot = () => {
+    if (!cache || Date.now() - cache.at > 500) {
+      const v = read();
+      cache = { at: Date.now(), v, label: dnsServerLabels(v.rcodes) };
+    }
+    return cache;
+  };
+  registry.registerMetric(kernelHistogram(METRIC_NAMES.dnsDuration,
+    'DNS over UDP: time from a query entering its client pod\'s host veth to its answer leaving it towards the client, by the server that answered (behind a ClusterIP such as kube-dns: the DNS pod kube-proxy chose; the least-answering past 64 as server="other").',
+    () => {
+      const { v, label } = snapshot();
+      // server="other" always there, at 0 until the cap is passed: the series exist before the first query
+      const by = new Map<string, { counts: number[]; sumNs: number }>([['other', { counts: new Array<number>(64).fill(0), sumNs: 0 }]]);
+      for (const l of v.latency) {
+        const s = label(l.server);
+        const e = by.get(s) ?? { counts: new Array<number>(l.counts.length).fill(0), sumNs: 0 };
+        l.counts.forEach((c, i) => (e.counts[i]! += c));
+        e.sumNs += l.sumNs;
+        by.set(s, e);
+      }
+      return [...by].map(([server, e]) => ({ labels: { node, server }, ...e }));
+    }));
+  new Counter({
+    name: METRIC_NAMES.dnsResponses,
+    help: 'DNS answers (UDP) seen leaving a host veth towards their client pod, by the server that answered (behind a ClusterIP: the DNS pod) and response code (NOERROR, NXDOMAIN, SERVFAIL, REFUSED, ...; else its number).',
+    labelNames: ['node', 'server', 'rcode'], registers: [registry],
+    collect() {
+      const { v, label } = snapshot();
+      this.reset();
+      this.inc({ node, server: 'other', rcode: 'NOERROR' }, 0);
+      for (const r of v.rcodes) this.inc({ node, server: label(r.server), rcode: rcodeName(r.rcode) }, r.count);
+    },
+  });
 }
 
 export interface AgentMetrics {
@@ -147,38 +223,68 @@ export function createMetrics(src: MetricsSource): AgentMetrics {
     },
   });
 
-  const retransmitLabels = ['node', 'source_pod', 'destination_pod', 'source_ip', 'destination_ip', 'destination_port'] as const;
-  // the kernel keys retransmits without the source port: one series per endpoint pair, not per connection
+  // by namespace and workload, never by address: an address's series would grow with every peer and pod IP
+  const retransmitLabels = ['node', 'source_namespace', 'source_workload', 'source_pod', 'destination_namespace', 'destination_workload', 'destination_port'] as const;
+  type RetransmitSeries = { labels: Record<(typeof retransmitLabels)[number], string>; retransmits: number; segments: number };
+  // the kernel keys retransmits without the source port: one entry per endpoint pair, not per connection
   // both counters read the same map: once per scrape
-  let flowCache: { at: number; flows: ReturnType<typeof readFlows> } | null = null;
+  let flowCache: { at: number; flows: RetransmitSeries[] } | null = null;
   const byFlow = () => {
     if (!flowCache || Date.now() - flowCache.at > 500) flowCache = { at: Date.now(), flows: readFlows() };
     return flowCache.flows;
   };
-  const readFlows = () => {
-    // bounded cardinality: the flows that resend most keep their own series, the rest add up in one
-    const all = src.retransmits().sort((a, b) => b.segments - a.segments);
-    const keep = all.length <= MAX_FLOW_SERIES ? all : all.slice(0, MAX_FLOW_SERIES - 1);
-    const out = keep.map((r) => {
-      const s = src.podOf(r.family, r.saddr);
-      const d = src.podOf(r.family, r.daddr);
-      return {
-        labels: { node, source_pod: s.pod, destination_pod: d.pod, source_ip: s.ip, destination_ip: d.ip, destination_port: String(r.dport) },
-        retransmits: r.retransmits, segments: r.segments,
+  // Counters must never go down, and what an address is called changes (a pod replaced and its IP
+  // reused, a name learned late, a flow entering or leaving the worst): each scrape adds what a
+  // kernel entry gained since the last one to the series its addresses are called now, so what was
+  // counted stays where it was counted. Entries: one per kernel map entry (bounded by the map).
+  const seen = new Map<string, { retransmits: number; segments: number }>();
+  const series = new Map<string, RetransmitSeries & { at: number }>();
+  // always there, at 0 until the cap is passed: the series exists before the first retransmit
+  const rest: RetransmitSeries = {
+    labels: { node, source_namespace: '', source_workload: 'other', source_pod: '', destination_namespace: '', destination_workload: 'other', destination_port: 'other' },
+    retransmits: 0, segments: 0,
+  };
+  const hex = (a: Uint8Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('hex');
+  const readFlows = (): RetransmitSeries[] => {
+    const now = Date.now();
+    // this scrape's gains, flows of one workload pair added up
+    const gains = new Map<string, RetransmitSeries>();
+    for (const r of src.retransmits()) {
+      const id = `${r.family} ${hex(r.saddr)} ${hex(r.daddr)} ${r.dport}`;
+      const before = seen.get(id);
+      const retransmits = Math.max(0, r.retransmits - (before?.retransmits ?? 0));
+      const segments = Math.max(0, r.segments - (before?.segments ?? 0));
+      seen.set(id, { retransmits: r.retransmits, segments: r.segments });
+      if (!retransmits && !segments) continue;
+      const s = src.addressName(r.family, r.saddr);
+      const d = src.addressName(r.family, r.daddr);
+      const labels = {
+        node, source_namespace: s.namespace, source_workload: s.workload, source_pod: s.pod,
+        destination_namespace: d.namespace, destination_workload: d.workload, destination_port: String(r.dport),
       };
-    });
-    // always there, at 0 until the cap is passed: the series exists before the first retransmit
-    const rest = { labels: { node, source_pod: '', destination_pod: '', source_ip: 'other', destination_ip: 'other', destination_port: 'other' }, retransmits: 0, segments: 0 };
-    for (let i = keep.length; i < all.length; i++) {
-      rest.retransmits += all[i]!.retransmits;
-      rest.segments += all[i]!.segments;
+      const key = JSON.stringify(Object.values(labels));
+      const g = gains.get(key);
+      if (g) {
+        g.retransmits += retransmits;
+        g.segments += segments;
+      } else gains.set(key, { labels, retransmits, segments });
     }
-    out.push(rest);
-    return out;
+    // bounded cardinality: a new series while there is room (the worst of a scrape first), else "other"
+    for (const [key, g] of [...gains].sort((a, b) => b[1].segments - a[1].segments)) {
+      let e = series.get(key);
+      if (!e && series.size < MAX_FLOW_SERIES - 1) series.set(key, e = { labels: g.labels, retransmits: 0, segments: 0, at: now });
+      const into = e ?? rest;
+      into.retransmits += g.retransmits;
+      into.segments += g.segments;
+      if (e) e.at = now;
+    }
+    // a series that stopped growing goes after a while (its pods are likely gone): the room is for live ones
+    for (const [key, e] of series) if (now - e.at > FLOW_SERIES_IDLE_MS) series.delete(key);
+    return [...series.values(), rest];
   };
   for (const [name, help, field] of [
-    [METRIC_NAMES.retransmits, 'TCP retransmits (tcp_retransmit_skb calls) by the sockets of this node\'s pods, by flow endpoints (the 1000 worst; the rest under destination_ip="other").', 'retransmits'],
-    [METRIC_NAMES.retransmitSegments, 'TCP segments sent again (sum of gso_segs of retransmitted skbs), by flow endpoints.', 'segments'],
+    [METRIC_NAMES.retransmits, 'TCP retransmits (tcp_retransmit_skb calls) by the sockets of this node\'s pods, by the namespace and workload (or pod) of both ends and the destination port (at most 1000 series, the worst of a scrape first, each gone after an hour without growing; what has no room is under source_workload="other"). A workload of "unknown" is in the pod network but no source of names knows it, "node" this node\'s own address, "external" anything else (other nodes, outside the cluster).', 'retransmits'],
+    [METRIC_NAMES.retransmitSegments, 'TCP segments sent again (sum of gso_segs of retransmitted skbs), by the namespace and workload of both ends and the destination port.', 'segments'],
   ] as const) {
     new Counter({
       name, help, labelNames: retransmitLabels, registers: [registry],
@@ -197,14 +303,53 @@ export function createMetrics(src: MetricsSource): AgentMetrics {
       for (const [k, v] of Object.entries(values)) this.inc(label ? { node, [label]: k } : { node }, v);
     },
   });
+  if (src.steps) {
+    const steps = src.steps;
+    // both counters read the same map: once per scrape
+    let stepCache: { at: number; steps: StepCount[] } | null = null;
+    const readSteps = () => {
+      if (!stepCache || Date.now() - stepCache.at > 500) stepCache = { at: Date.now(), steps: steps() };
+      return stepCache.steps;
+    };
+    for (const [name, help, field] of [
+      [METRIC_NAMES.stepPackets, 'Every packet each hook point of the path saw (not only the timed ones), by step as in nettrace_hop_latency_seconds: wire packets, so a GSO/GRO skb counts as the segments it carries. Pod-side devices are summed as pod-veths / pod-eth.', 'packets'],
+      [METRIC_NAMES.stepBytes, 'Bytes each hook point of the path saw: skb->len from the Ethernet header as the hook sees it, so on the underlay (steps 5 and 6) it includes the tunnel\'s encapsulation, and a GSO skb\'s headers count once.', 'bytes'],
+    ] as const) {
+      new Counter({
+        name, help, labelNames: ['node', 'step', 'step_name', 'device', 'hook'], registers: [registry],
+        collect() {
+          this.reset();
+          for (const c of readSteps()) {
+            const l = src.hookLabels(c.order);
+            if (l) this.inc({ node, step: String(l.step), step_name: l.step_name, device: l.device, hook: l.hook }, c[field]);
+          }
+        },
+      });
+    }
+  }
+  if (src.netfilter) {
+    const netfilter = src.netfilter;
+    new Gauge({
+      name: METRIC_NAMES.netfilterRules,
+      help: 'Netfilter rules in this node\'s network namespace by table, read every 30 s: backend="iptables" is what iptables-save and ip6tables-save list (kube-proxy\'s rules), backend="nftables" the rules of nft tables that iptables-nft did not make (table "FAMILY NAME").',
+      labelNames: ['node', 'backend', 'table'], registers: [registry],
+      collect() {
+        this.reset();
+        for (const r of netfilter().rules) this.set({ node, backend: r.backend, table: r.table }, r.rules);
+      },
+    });
+    readCounter(METRIC_NAMES.netfilterFailures, 'Reads of the node\'s netfilter rules that failed or timed out, by backend: nettrace_netfilter_rules keeps the last good count.',
+      'backend', () => netfilter().failures);
+  }
   readCounter(METRIC_NAMES.lost, 'Per-packet records the kernel could not hand over because the ring buffer was full.', null,
     () => ({ all: src.lostRecords() }));
   readCounter(METRIC_NAMES.mapFailures,
-    'Kernel map updates that failed because the map was full (or out of memory): map="retransmits" is a new flow\'s retransmit missing from nettrace_tcp_retransmits_total, map="drops" a drop missing from nettrace_drops_total.',
+    'Kernel map updates that failed because the map was full (or out of memory): map="retransmits" is a new flow\'s retransmit missing from nettrace_tcp_retransmits_total, map="drops" a drop missing from nettrace_drops_total, map="dns" a DNS query not timed or an answer not counted.',
     'map', () => {
       const f = src.mapFailures();
-      return { retransmits: f.retransmits, drops: f.drops };
+      return { retransmits: f.retransmits, drops: f.drops, dns: f.dns ?? 0 };
     });
+  if (src.dns) dnsMetrics(registry, node, src.dns.bind(src));
   if (src.wireStats) {
     const stats = src.wireStats;
     readCounter(METRIC_NAMES.wireDepartures, 'Departures of sampled packets this agent logged for its peers (outcome="kept"), and those overwritten before any peer read them ("dropped").',

@@ -12,7 +12,7 @@ function packetLine(p: PacketPath): string {
   const ep = (a: string, port: number) => (port ? `${a}:${port}` : a);
   const what = k.tcp_flags !== undefined
     ? `seq ${k.seq} ack ${k.ack} [${k.tcp_flags}]`
-    : k.icmp_type !== undefined ? `icmp type ${k.icmp_type} id ${k.icmp_id} seq ${k.icmp_seq}` : '';
+    : k.icmp_type !== undefined ? `icmp type ${k.icmp_type}${k.icmp_id !== undefined ? ` id ${k.icmp_id} seq ${k.icmp_seq}` : ''}` : '';
   // TSO/GRO regrouped the skb between the nodes: how many segments left, in how many skbs they arrived
   const g = k.segments;
   const segs = g
@@ -20,7 +20,10 @@ function packetLine(p: PacketPath): string {
     : k.gso_segs > 1 ? ` ${k.gso_segs} segs` : '';
   // when the packet left its first hop, on the wall clock (as tcpdump starts its lines)
   const at = p.steps[0]?.time ? `${p.steps[0].time} ` : '';
-  return `${at}${p.direction.padEnd(7)} ${ep(k.src, k.sport)} -> ${ep(k.dst, k.dport)} ${p.flow.proto} ip-id ${k.ip_id} len ${k.len}${segs} ${what}`.trimEnd();
+  // the pods by name, when a source of names knows them: the reply comes from the flow's destination
+  const [from, to] = p.direction === 'request' ? [p.pods?.src, p.pods?.dst] : [p.pods?.dst, p.pods?.src];
+  const named = (r: typeof from) => (r ? ` (${r.namespace}/${r.name})` : '');
+  return `${at}${p.direction.padEnd(7)} ${ep(k.src, k.sport)}${named(from)} -> ${ep(k.dst, k.dport)}${named(to)} ${k.icmp_type !== undefined ? 'icmp' : p.flow.proto} ip-id ${k.ip_id} len ${k.len}${segs} ${what}`.trimEnd();
 }
 
 /** Only the side of "SRC -> DST" that a translation changed. */
@@ -44,7 +47,7 @@ export function stepsText(steps: number[]): string {
 
 export function formatPathTable(p: PacketPath): string {
   const hops = p.steps.map((h) => ({ step: h.step, row: [
-    String(h.step), h.name, h.node, h.pod ? `${h.device}@${h.pod}` : h.device, h.hook, h === p.steps[0] ? '' : `+${formatDuration(h.latency_ns)}${h.clamped_ns ? ` (clock: ${formatDuration(h.clamped_ns)} early, shown as 0)` : ''}`,
+    String(h.step), h.name, h.node, h.k8s ? `${h.device}@${h.k8s.namespace}/${h.k8s.name}` : h.pod ? `${h.device}@${h.pod}` : h.device, h.hook, h === p.steps[0] ? '' : `+${formatDuration(h.latency_ns)}${h.clamped_ns ? ` (clock: ${formatDuration(h.clamped_ns)} early, shown as 0)` : ''}`,
   ] }));
   // a step the CNI mode does not have is a row of its own, in step order, saying why
   const skipped = (p.skipped ?? []).map((s) => ({ step: s.step, row: [String(s.step), s.name, s.node, `(${s.reason})`, '', ''] }));

@@ -4,7 +4,7 @@
 import { ORDER, RECORD_KIND, type HopRecord } from '../probe/layout.generated';
 import { type ClusterTopology, type Device, findPodByIp } from '../topology/model';
 import { failedStep, FINAL_ORDER, hookPoint, ORDER_POINTS, presentRoles, skippedSteps, STEP_NAMES, stepOn, type Side } from '../topology/steps';
-import type { DeviceRole } from '../topology/model';
+import type { DeviceRole, PodRef } from '../topology/model';
 import type { HopView, PacketPath } from './path';
 import type { FlowSpec } from './spec';
 import { addrString } from '../probe/addr';
@@ -134,6 +134,9 @@ export class PathAssembler {
   private readonly devicesByNode = new Map<string, DeviceTable>();
   private readonly pending = new Map<string, Pending>();
   private readonly podIps = new Map<string, Set<string>>();
+  /** pods' Kubernetes identities (joined from a source of names), by the pod's netns name and by IP */
+  private readonly podRefs = new Map<string, PodRef>();
+  private readonly podRefByIp = new Map<string, PodRef>();
   private readonly sideOf: Record<Direction, Map<string, Side>>;
   private readonly roles = new Map<string, Set<DeviceRole>>();
   /** the last source-side hook a node has: underlay egress, or what is left without tunnel or bridge */
@@ -154,7 +157,13 @@ export class PathAssembler {
       const roles = presentRoles(n);
       this.roles.set(n.name, roles);
       this.lastSourceOrder.set(n.name, Math.max(...ORDER_POINTS.filter((o) => o.side === 'source' && roles.has(o.role)).map((o) => o.order)));
-      for (const p of n.pods) this.podIps.set(p.name, new Set(p.ips));
+      for (const p of n.pods) {
+        this.podIps.set(p.name, new Set(p.ips));
+        if (p.k8s) {
+          this.podRefs.set(p.name, p.k8s);
+          for (const ip of p.ips) this.podRefByIp.set(ip, p.k8s);
+        }
+      }
     }
     // The sender's node is the source side of a request; the reply's sides are mirrored.
     const srcNode = findPodByIp(topology, flow.src)?.node;
@@ -297,7 +306,11 @@ export class PathAssembler {
     if (wire) this.wireArrived(p, out);
     if (point.order !== FINAL_ORDER || p.ended) return out;
     p.ended = true;
-    if (nw.source && p.srcNode === undefined) {
+    if (p.srcNode === undefined && icmpError(p.first)) {
+      // an ICMP error a node sent (a REJECT, no route): its path begins on the node that answered
+      this.finish(p);
+      out.push(this.build(p, true));
+    } else if (nw.source && p.srcNode === undefined) {
       this.finish(p);
       out.push(this.build(p, false, { drop: null, notWatched: nw.source }));
     } else if (p.srcNode !== undefined && p.span && !this.sourceDone(p)) {
@@ -650,6 +663,8 @@ export class PathAssembler {
         ts_ns: h.ts, latency_ns: Math.max(0, h.ts - prev),
       };
       if (h.device.role === 'pod') view.pod = h.device.pod;
+      const ref = h.device.pod !== undefined ? this.podRefs.get(h.device.pod) : undefined;
+      if (ref && h.device.role === 'pod') view.k8s = ref;
       if (h.ts < prev) view.clamped_ns = prev - h.ts;
       // from this hop on, its own clock: a clamp at the wire leaves the next node's steps their times
       prev = h.ts;
@@ -659,11 +674,13 @@ export class PathAssembler {
     const dst = addrString(r.daddr, r.family);
     const f = this.flow;
     const packet: PacketPath['packet'] = {
-      src, sport: r.proto === 1 || r.proto === 58 ? 0 : r.sport, dst, dport: r.dport,
+      src, sport: r.proto === 1 || r.proto === 58 ? 0 : r.sport, dst, dport: icmpError(r) ? 0 : r.dport,
       ip_id: r.ip_id, len: r.ip_len, payload_len: r.payload_len, gso_segs: Math.max(1, r.gso_segs),
     };
     if (r.proto === 6) Object.assign(packet, { seq: r.seq, ack: r.ack, tcp_flags: tcpFlags(r.tcp_flags) });
-    if (r.proto === 1 || r.proto === 58) Object.assign(packet, { icmp_type: r.icmp_type, icmp_id: r.sport, icmp_seq: r.seq });
+    // an error's ports are those it quotes (bpf/parse.h), not an echo id: only its type is shown
+    if (icmpError(r)) packet.icmp_type = r.icmp_type;
+    else if (r.proto === 1 || r.proto === 58) Object.assign(packet, { icmp_type: r.icmp_type, icmp_id: r.sport, icmp_seq: r.seq });
     // the regrouping at step 6 when the wire skbs had their own boundaries, else the one the linked destination entries show
     const segments = wire ? wire.segments : x.segments;
     if (segments) packet.segments = segments;
@@ -688,8 +705,25 @@ export class PathAssembler {
       complete,
       drop,
       ...(x.notWatched ? { not_watched: x.notWatched } : {}),
+      ...(this.podRefs.size ? { pods: this.flowPods(hops) } : {}),
     };
   }
+
+  /** The flow's two pods by name; a Service's end is the pod the path reached, if it reached one. */
+  private flowPods(hops: Seen[]): NonNullable<PacketPath['pods']> {
+    const src = this.podRefByIp.get(this.flow.src) ?? null;
+    let dst = this.podRefByIp.get(this.flow.dst) ?? null;
+    if (!dst) {
+      const reached = hops.map((h) => (h.device.pod !== undefined ? this.podRefs.get(h.device.pod) : undefined)).filter((r) => r && r !== src);
+      dst = reached[reached.length - 1] ?? null;
+    }
+    return { src, dst };
+  }
+}
+
+/** An ICMPv4 destination unreachable, time exceeded or parameter problem. */
+function icmpError(r: HopRecord): boolean {
+  return r.proto === 1 && (r.icmp_type === 3 || r.icmp_type === 11 || r.icmp_type === 12);
 }
 
 function lastHop(p: Pending): Seen | undefined {

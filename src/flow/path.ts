@@ -1,4 +1,5 @@
 // A packet's path as follow prints it: the JSON shape users script against (add fields, never rename).
+import type { PodRef } from '../topology/model';
 import type { Proto } from './spec';
 
 export interface HopView {
@@ -8,6 +9,8 @@ export interface HopView {
   device: string;
   /** for a device on the pod side: the pod (its namespace) */
   pod?: string;
+  /** for the pod's eth0: its Kubernetes namespace, name and uid, when a source of names knows it */
+  k8s?: PodRef;
   hook: 'ingress' | 'egress';
   ts_ns: number;
   /**
@@ -83,4 +86,9 @@ export interface PacketPath {
    * complete false and drop null; the steps on that node
    */
   not_watched?: { node: string; reason: string; steps: number[] };
+  /**
+   * the flow's two pods by their Kubernetes names (for a Service, the pod the path reached); null
+   * for an end no source of names knows; absent when no pod has a name
+   */
+  pods?: { src: PodRef | null; dst: PodRef | null };
 }

@@ -1,11 +1,12 @@
 // Where and why a flow breaks or slows, from the paths of probe packets: what an operator
 // would otherwise find with tcpdump at each device by hand. Pure: what the node says is passed in.
 import type { ReachCheck } from '../topology/inspect';
+import type { FilterRule } from '../topology/netfilter';
 import { STEP_NAMES } from '../topology/steps';
 import type { HopView, LastSeen, PacketPath } from './path';
 import { median } from './stats';
 
-export type Cause = 'mtu' | 'netfilter-drop' | 'no-route' | 'no-neighbour' | 'no-fdb' | 'delay' | 'loss' | 'none';
+export type Cause = 'mtu' | 'netfilter-drop' | 'network-policy' | 'no-route' | 'no-neighbour' | 'no-fdb' | 'no-endpoints' | 'connection-refused' | 'delay' | 'loss' | 'none';
 
 export interface Diagnosis {
   healthy: boolean;
@@ -38,6 +39,13 @@ export interface DiagnoseInput {
   /** what the node where a probe stopped knows about reaching the destination */
   reach: (node: string) => ReachCheck;
   dropRules: (node: string) => string[];
+  /**
+   * The node's drop rules that took the probes: counters that grew while they ran, most first (or,
+   * for an nft rule without a counter, one that matches the flow: packets null)
+   */
+  dropHits?: (node: string) => FilterRule[];
+  /** the probes' flow, to say what a policy did not allow */
+  flow?: { src: string; proto: string; dport?: number };
   /** a device's MTU by node and name */
   mtu: (node: string, dev: string) => number | null;
   dst: string;
@@ -67,11 +75,119 @@ function stopText(d: NonNullable<PacketPath['drop']>): string {
   return `${l.device} ${l.hook} on ${l.node} (last seen step ${l.step}, ${l.name}): step ${d.step} (${d.step_name}) failed`;
 }
 
+/** The fields of kube-proxy's REJECT for a Service without endpoints (filter table, KUBE-SERVICES). */
+export function parseNoEndpointsRule(rule: string): { ip: string; proto: string; port: number; service: string | null } | null {
+  if (!/^-A KUBE-SERVICES\b.*-j REJECT\b/.test(rule)) return null;
+  const ip = / -d (\d+\.\d+\.\d+\.\d+)\/32\b/.exec(rule)?.[1];
+  const proto = / -p (tcp|udp|sctp)\b/.exec(rule)?.[1];
+  const port = / --dport (\d+)\b/.exec(rule)?.[1];
+  if (!ip || !proto || !port) return null;
+  // "NS/NAME:PORTNAME has no endpoints", quoted by iptables-save when it has spaces
+  const service = /--comment "?([^" ]+) has no endpoints"?/.exec(rule)?.[1] ?? null;
+  return { ip, proto, port: Number(port), service };
+}
+
+/** A probe to a ClusterIP that kube-proxy rejects because the Service has no endpoints. */
+function noEndpoints(p: PacketPath, node: string, rules: string[], input: DiagnoseInput): Diagnosis | null {
+  const k = p.packet;
+  const hit = rules.find((r) => {
+    const x = parseNoEndpointsRule(r);
+    return x && x.ip === k.dst && x.port === k.dport && x.proto === p.flow.proto;
+  });
+  if (!hit) return null;
+  const svc = parseNoEndpointsRule(hit)!.service;
+  const [ns, name] = svc ? [svc.split('/')[0]!, svc.split('/')[1]!.split(':')[0]!] : [null, null];
+  const vip = `${k.dst}:${k.dport}`;
+  // the REJECT's answer, followed back to the pod: an ICMP error the node itself sent
+  const icmp = input.paths.find((x) => x.direction === 'reply' && x.packet.icmp_type === 3 && x.steps[0]?.node === node && x.steps[0]?.pod === undefined);
+  const answered = icmp ? `; ${icmp.packet.src} on ${node} answered with an ICMP destination unreachable, seen reaching ${icmp.steps[icmp.steps.length - 1]!.device} ${icmp.steps[icmp.steps.length - 1]!.hook}` : '';
+  return broken(p, 'no-endpoints',
+    `${svc ? `Service ${svc}` : 'the Service'} (ClusterIP ${vip}) has no endpoints: kube-proxy on ${node} rejects its connections with an ICMP port unreachable after ${stopText(p.drop!)}${answered} (${hit})`,
+    name ? `check the Service's selector matches ready pods and its EndpointSlices: kubectl get endpointslices -n ${ns} -l kubernetes.io/service-name=${name}`
+      : `find the Service with ClusterIP ${k.dst} (kubectl get svc -A | grep ${k.dst}), then its selector and EndpointSlices: kubectl get endpointslices -n NS -l kubernetes.io/service-name=NAME`);
+}
+
+/**
+ * TCP resets that pods sent in answer to the SYN probes: the network delivered them to the
+ * endpoint, and nothing listens on the port there.
+ */
+function refused(input: DiagnoseInput): Diagnosis | null {
+  const syns = input.paths.filter((p) => p.direction === 'request' && p.packet.tcp_flags?.includes('S') && !p.packet.tcp_flags.includes('A'));
+  // the kernel's answer to a SYN on a closed port acknowledges the SYN itself: a reset later in a
+  // connection (an app closing with unread data) is not a refusal
+  const answersSyn = (r: PacketPath) => syns.some((s) => s.packet.sport === r.packet.dport && ((s.packet.seq ?? 0) + 1) % 2 ** 32 === r.packet.ack);
+  const resets = input.paths.filter((p) => p.direction === 'reply' && p.packet.tcp_flags?.includes('R') && p.steps[0]?.pod !== undefined && answersSyn(p));
+  // UDP: a destination unreachable (ICMP type 3, ICMPv6 type 1) that the pod itself sent
+  const udp = input.paths.filter((p) => p.direction === 'request' && p.flow.proto === 'udp');
+  const unreachable = input.paths.filter((p) => p.direction === 'reply' && p.flow.proto === 'udp' && p.steps[0]?.pod !== undefined
+    && (p.packet.icmp_type === 3 || (p.packet.icmp_type === 1 && p.packet.src.includes(':'))));
+  const r = resets[0] ?? unreachable[0];
+  if (!r) return null;
+  const isTcp = r === resets[0];
+  const port = isTcp ? r.packet.sport : r.flow.dport;
+  const ep = isTcp ? `${r.packet.src}:${port}` : r.packet.src;
+  const from = r.steps[0]!;
+  // the reply leaves the pod with the endpoint's address; the followed flow names the Service's
+  const via = r.flow.dst !== r.packet.src ? `, reached through the Service ${r.flow.dst}:${r.flow.dport}` : '';
+  const sent = isTcp ? syns : udp;
+  const req = sent.find((p) => p.complete) ?? sent[0];
+  const last = req?.steps[req.steps.length - 1];
+  const n = isTcp ? resets.length : unreachable.length;
+  const answer = isTcp ? `${n} of ${Math.max(syns.length, n)} SYN probes with a TCP reset, nothing listens on port ${port} there`
+    // the record has the ICMP type, not its code: a closed port is what a pod's own kernel answers with
+    : `${n} of ${Math.max(udp.length, n)} UDP probes with an ICMP destination unreachable, nothing listens on the port there`;
+  return {
+    healthy: false, step: 9, step_name: STEP_NAMES[9] ?? null, node: from.node, device: from.device,
+    last_seen: last ? { step: last.step, name: last.name, node: last.node, device: last.device, hook: last.hook } : null,
+    reason: null, cause: 'connection-refused',
+    detail: `${ep} (pod ${from.pod} on ${from.node}) refused the connection: it answered ${answer}${via}`,
+    next: `check the pod listens on ${isTcp ? port : `the ${r.flow.proto} port the probes were sent to`} (ss -l${isTcp ? 't' : 'u'}n in the pod) and that the Service's targetPort is the port the container serves`,
+    steps: req?.steps ?? r.steps,
+  };
+}
+
+/** Where a rule is, as its tool names it: "iptables filter table, chain FORWARD" or "nft table inet filter, chain forward". */
+function ruleWhere(r: FilterRule): string {
+  return r.backend === 'iptables' ? `iptables ${r.table} table, chain ${r.chain}` : `nft table ${r.family} ${r.table}, chain ${r.chain}`;
+}
+
+function counted(r: FilterRule): string {
+  return r.packets === null ? 'no counter; it matches the flow' : `${r.packets} packet${r.packets === 1 ? '' : 's'} during the probes`;
+}
+
+/** The drop rule that took the probes: a NetworkPolicy's (a Calico Felix chain), or a rule nobody names. */
+function ruleDrop(p: PacketPath, r: FilterRule, input: DiagnoseInput): Diagnosis {
+  const d = p.drop!;
+  const c = r.calico;
+  if (!c) {
+    const look = r.backend === 'iptables' ? `iptables -t ${r.table} -L ${r.chain} -v -n --line-numbers` : `nft -a list chain ${r.family} ${r.table} ${r.chain}`;
+    return broken(p, 'netfilter-drop', `netfilter dropped the packet after ${stopText(d)}: ${ruleWhere(r)}: ${r.rule} (${counted(r)})`,
+      `check that rule on ${d.node} (${look}): who wrote it, and whether ${input.dst} should be dropped`);
+  }
+  const f = input.flow;
+  const what = f ? (f.dport !== undefined && f.proto !== 'icmp' ? `${f.proto}/${f.dport}` : f.proto) : 'the flow';
+  const pod = c.workload ? (c.workload.includes('/') ? c.workload : `pod ${c.workload}`) : `the workload on ${c.iface}`;
+  const peer = c.direction === 'ingress' ? `from ${f?.src ?? 'its source'}` : `to ${input.dst}`;
+  const named = c.policies.filter((x) => x.name !== null);
+  const names = c.policies.map((x) => (x.name !== null ? `${x.namespace ? `${x.namespace}/` : ''}${x.name}` : `policy chain ${x.chain}`));
+  const head = names.length ? names.join(', ') : 'no NetworkPolicy';
+  const why = c.explicit ? `a rule of the policy denies ${what} ${peer}` : names.length ? `no rule allows ${what} ${peer}` : `no policy or profile allows ${what} ${peer}`;
+  const detail = `${head}: ${c.direction} ${c.direction === 'ingress' ? 'to' : 'from'} ${pod}, ${why}; dropped on ${d.node} by ${ruleWhere(r)}: ${r.rule} (${counted(r)}), after ${stopText(d)}`;
+  const next = named.length
+    ? `${named.map((x) => `kubectl describe networkpolicy ${x.name}${x.namespace ? ` -n ${x.namespace}` : ''}`).join('; ')}: add an ${c.direction} rule that allows ${what} ${peer}, if it should pass`
+    : `find the policy behind ${c.policies[0]?.chain ?? r.chain} on ${d.node} (iptables-save -t filter | grep ${c.policies[0]?.chain ?? r.chain}) and the NetworkPolicies selecting ${pod}`;
+  return broken(p, 'network-policy', detail, next);
+}
+
 /** Why one stopped path stopped, reading the node it stopped on. */
 function whyStopped(p: PacketPath, input: DiagnoseInput): Diagnosis | null {
   const d = p.drop!;
   if (d.kernel_reason === 'NETFILTER_DROP') {
     const rules = input.dropRules(d.node);
+    const empty = noEndpoints(p, d.node, rules, input);
+    if (empty) return empty;
+    const hit = input.dropHits?.(d.node)[0];
+    if (hit) return ruleDrop(p, hit, input);
     const where = rules.length ? `; the node's filter table, FORWARD chain, has: ${rules.join(' | ')}` : '';
     return broken(p, 'netfilter-drop', `netfilter dropped the packet after ${stopText(d)}${where}`,
       `check the node's iptables/nftables FORWARD rules and NetworkPolicies for ${input.dst}`);
@@ -131,6 +247,9 @@ function judge(input: DiagnoseInput): Diagnosis {
     return broken(first, 'loss', `${stopped.length} of ${total} probe packets (${(rate * 100).toFixed(0)} %) stopped after ${stopText(d)}${d.kernel_reason ? `, dropped by the kernel: ${d.kernel_reason}` : ''}`,
       `look at what comes after ${d.device} on ${d.node}: its counters (ip -s link), qdisc (tc -s qdisc) and the next device`);
   }
+
+  const refusedBy = refused(input);
+  if (refusedBy) return refusedBy;
 
   if (complete.length === 0) {
     return { healthy: false, step: null, step_name: null, node: null, device: null, last_seen: null, reason: null, cause: 'loss', detail: 'no probe packet was seen on any hook', next: 'check the source pod can send at all (its eth0 and default route)', steps: [] };

@@ -3,7 +3,7 @@
 export { BpfObject, possibleCpus } from './object';
 export type { BpfProgram } from './object';
 export { BpfMap } from './map';
-export { attachTcx, attachTc, detachTc, destroyClsact } from './link';
+export { attachTcx, attachTc, detachTc, destroyClsact, deviceName } from './link';
 export type { Attachment, TcDirection, TcTag } from './link';
 export { inNetns } from './netns';
 export { RingReader } from './ringbuf';
@@ -13,3 +13,4 @@ export type { TestRunResult } from './testrun';
 export { LibbpfError } from './error';
 export type { LibbpfOp } from './error';
 export { readBtfEnum } from './btf';
+export { trimMalloc } from './native';

@@ -103,6 +103,14 @@ export function detachTc(ifindex: number, direction: TcDirection, tag: TcTag): b
   return true;
 }
 
+/** The name of a device of the calling thread's namespace, null when there is none. */
+export function deviceName(ifindex: number): string | null {
+  const buf = Buffer.alloc(16); // IF_NAMESIZE
+  if (!c.if_indextoname(ifindex, buf)) return null;
+  const end = buf.indexOf(0);
+  return buf.subarray(0, end < 0 ? buf.length : end).toString('utf8');
+}
+
 /** Delete the clsact qdisc (and every filter under it). */
 export function destroyClsact(ifindex: number): void {
   const ret = c.bpf_tc_hook_destroy(hook(ifindex, 'both')) as number;

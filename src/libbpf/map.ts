@@ -6,8 +6,16 @@ const ENOENT = 2;
 
 export class BpfMap {
   private closed = false;
+  /**
+   * The batch buffers, kept from one read to the next: the agent reads its maps on every scrape,
+   * and fresh megabytes each time (4096 per-CPU histograms are 4 MB) left glibc's heap holding
+   * pages between scrapes and fragmented. Sized by max_entries, so a 10-entry array gets 10 slots.
+   */
+  private batch: { entryValueSize: number; chunk: number; keys: Buffer; values: Buffer; inBatch: Buffer; outBatch: Buffer } | null = null;
+  private reading = false;
 
-  constructor(readonly name: string, readonly fd: number, readonly keySize: number, readonly valueSize: number) {}
+  /** maxEntries: the map's max_entries (bounds the batch buffers); unknown, the chunk size given to each read */
+  constructor(readonly name: string, readonly fd: number, readonly keySize: number, readonly valueSize: number, readonly maxEntries = Infinity) {}
 
   /** Its object was closed: the fd is gone (and its number may already be another file's). */
   markClosed(): void {
@@ -51,17 +59,27 @@ export class BpfMap {
       valueParts.push(Buffer.from(values.subarray(0, got * entryValueSize)));
       count += got;
     }, entryValueSize, chunk);
+    if (keyParts.length === 1) return { keys: keyParts[0]!, values: valueParts[0]!, count };
     return { keys: Buffer.concat(keyParts), values: Buffer.concat(valueParts), count };
   }
 
   /** Every entry, a batch at a time: fn sees `got` entries in buffers it must not keep (they are reused). */
   lookupChunks(fn: (keys: Buffer, values: Buffer, got: number) => void, entryValueSize = this.valueSize, chunk = 4096): void {
-    const inBatch = Buffer.alloc(Math.max(this.keySize, 8));
-    const outBatch = Buffer.alloc(Math.max(this.keySize, 8));
-    let first = true;
-    const keys = Buffer.alloc(this.keySize * chunk);
-    const values = Buffer.alloc(entryValueSize * chunk);
     this.assertOpen();
+    const slots = Math.max(1, Math.min(chunk, this.maxEntries));
+    // a read from inside fn (the same map read again) gets buffers of its own
+    const own = this.reading ? null : this.batchBuffers(entryValueSize, slots);
+    const { keys, values, inBatch, outBatch } = own ?? this.allocBatch(entryValueSize, slots);
+    if (own) this.reading = true;
+    try {
+      this.readBatches(fn, keys, values, inBatch, outBatch, slots);
+    } finally {
+      if (own) this.reading = false;
+    }
+  }
+
+  private readBatches(fn: (keys: Buffer, values: Buffer, got: number) => void, keys: Buffer, values: Buffer, inBatch: Buffer, outBatch: Buffer, chunk: number): void {
+    let first = true;
     for (;;) {
       const n = [chunk];
       const ret = c.bpf_map_lookup_batch(this.fd, first ? null : inBatch, outBatch, keys, values, n, null) as number;
@@ -72,6 +90,20 @@ export class BpfMap {
       outBatch.copy(inBatch);
       first = false;
     }
+  }
+
+  private batchBuffers(entryValueSize: number, chunk: number): { keys: Buffer; values: Buffer; inBatch: Buffer; outBatch: Buffer } {
+    const b = this.batch;
+    if (b && b.entryValueSize === entryValueSize && b.chunk === chunk) return b;
+    this.batch = { entryValueSize, chunk, ...this.allocBatch(entryValueSize, chunk) };
+    return this.batch;
+  }
+
+  private allocBatch(entryValueSize: number, chunk: number): { keys: Buffer; values: Buffer; inBatch: Buffer; outBatch: Buffer } {
+    return {
+      keys: Buffer.alloc(this.keySize * chunk), values: Buffer.alloc(entryValueSize * chunk),
+      inBatch: Buffer.alloc(Math.max(this.keySize, 8)), outBatch: Buffer.alloc(Math.max(this.keySize, 8)),
+    };
   }
 
   private assertOpen(): void {

@@ -70,13 +70,24 @@ export const c = {
   open: libc.func('int open(const char *path, int flags)'),
   close: libc.func('int close(int fd)'),
   setns: libc.func('int setns(int fd, int nstype)'),
+  if_indextoname: libc.func('void *if_indextoname(unsigned int ifindex, _Out_ uint8_t *ifname)'),
   mmap: libc.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)'),
   munmap: libc.func('int munmap(void *addr, size_t length)'),
   vsnprintf: libc.func('int vsnprintf(_Out_ uint8_t *buf, size_t size, const char *fmt, void *args)'),
   getpagesize: libc.func('int getpagesize()'),
+  malloc_trim: libc.func('int malloc_trim(size_t pad)'),
 };
 
 export const PrintFnProto = PrintFn;
+
+/**
+ * Gives the free pages inside glibc's heaps back to the kernel (malloc_trim(0): every arena, not
+ * only the top of the main heap). A long-running process whose threads (V8's compiler and GC
+ * workers) malloc and free in their own arenas otherwise keeps those pages resident for good.
+ */
+export function trimMalloc(): void {
+  c.malloc_trim(0);
+}
 
 /** errno of the last call: pointer-returning libbpf calls return NULL and set errno, so read it right after. */
 export function lastErrno(): number {

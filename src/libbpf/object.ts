@@ -12,8 +12,11 @@ export interface BpfProgram {
 export class BpfObject {
   private loaded = false;
   private closed = false;
-  /** maps handed out: closing the object closes them, so none reads a freed or reused fd */
-  private readonly maps: BpfMap[] = [];
+  /**
+   * maps handed out, one per name: closing the object closes them, so none reads a freed or
+   * reused fd. One per name, not one per call: the agent asks for its maps on every scrape.
+   */
+  private readonly maps = new Map<string, BpfMap>();
 
   private constructor(readonly path: string, private readonly handle: unknown) {}
 
@@ -86,11 +89,14 @@ export class BpfObject {
   }
 
   map(name: string): BpfMap {
+    this.assertOpen(`map ${name}`);
+    const known = this.maps.get(name);
+    if (known) return known;
     const handle = this.mapHandle(name);
     const fd = c.bpf_map__fd(handle) as number;
     if (fd < 0) throw new LibbpfError('find', `map ${name} of ${this.path}`, fd, undefined, 'not created (load the object first)');
-    const map = new BpfMap(name, fd, c.bpf_map__key_size(handle) as number, c.bpf_map__value_size(handle) as number);
-    this.maps.push(map);
+    const map = new BpfMap(name, fd, c.bpf_map__key_size(handle) as number, c.bpf_map__value_size(handle) as number, c.bpf_map__max_entries(handle) as number);
+    this.maps.set(name, map);
     return map;
   }
 
@@ -101,7 +107,8 @@ export class BpfObject {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    for (const m of this.maps.splice(0)) m.markClosed();
+    for (const m of this.maps.values()) m.markClosed();
+    this.maps.clear();
     c.bpf_object__close(this.handle);
   }
 

@@ -2,7 +2,8 @@
 // tracepoints, and the maps userspace reads on scrape (see docs/architecture.md, data path).
 import { BpfObject, possibleCpus, RingReader } from '../libbpf';
 import type { BpfMap, BpfProgram, RecordHandler } from '../libbpf';
-import { AGENT, CONFIG_FIELDS, DROP_KEY_FIELDS, LATENCY_FIELDS, LATENCY_SIZE, MAP_FAIL, RETRANS_KEY_FIELDS, RETRANS_VALUE_FIELDS } from './layout.generated';
+import { AGENT, CONFIG_FIELDS, DROP_KEY_FIELDS, LATENCY_FIELDS, LATENCY_SIZE, MAP_FAIL, RETRANS_KEY_FIELDS, RETRANS_VALUE_FIELDS, STEP_COUNT_FIELDS, STEP_COUNT_SIZE } from './layout.generated';
+import { DNS_RCODE_KEY_FIELDS, DNS_SERVER_KEY_FIELDS } from './layout.generated';
 import { writeVxlanPorts } from './config';
 import { bpfObjectPath } from './paths';
 
@@ -22,6 +23,15 @@ export interface LatencyHistogram {
   /** counts[b]: hops 2^b..2^(b+1) ns after the previous one */
   counts: number[];
   sumNs: number;
+}
+
+/** Every packet one hook point saw, summed over CPUs. */
+export interface StepCount {
+  order: number;
+  /** wire packets (a GSO skb counts its segments) */
+  packets: number;
+  /** skb->len as the hook saw it */
+  bytes: number;
 }
 
 export interface DropCount {
@@ -44,10 +54,42 @@ export interface RetransmitCount {
 export interface MapFailures {
   retransmits: number;
   drops: number;
+  /** DNS queries not timed, or answers not counted (absent: a source without the DNS maps) */
+  dns?: number;
 }
+
+/** DNS latency to one server (the address its clients asked), summed over CPUs. */
+export interface DnsLatency {
+  family: number;
+  server: Uint8Array;
+  counts: number[];
+  sumNs: number;
+}
+
+export interface DnsRcodeCount {
+  family: number;
+  server: Uint8Array;
+  rcode: number;
+  count: number;
+}
+
+/** An unanswered DNS query older than this leaves the pending map (its answer would come too late to matter). */
+export const DNS_PENDING_MAX_AGE_NS = 30e9;
 
 export const DEFAULT_LATENCY_EVERY = 8;
 export const LAT_BUCKETS = LATENCY_FIELDS.buckets.length / 8;
+
+/** One nt_latency histogram summed over the CPUs of a per-CPU map value at base. */
+function sumLatency(values: Buffer, base: number, cpus: number, stride: number): { counts: number[]; sumNs: number } {
+  const counts = new Array<number>(LAT_BUCKETS).fill(0);
+  let sumNs = 0;
+  for (let c = 0; c < cpus; c++) {
+    const at = base + c * stride;
+    for (let b = 0; b < LAT_BUCKETS; b++) counts[b]! += Number(values.readBigUInt64LE(at + LATENCY_FIELDS.buckets.offset + 8 * b));
+    sumNs += Number(values.readBigUInt64LE(at + LATENCY_FIELDS.sum_ns.offset));
+  }
+  return { counts, sumNs };
+}
 const { programs: P, maps: M } = AGENT;
 const TRACEPOINTS = [P.nt_kfree_skb, P.nt_tcp_retransmit] as const;
 
@@ -110,16 +152,21 @@ export class AgentProbe {
     const stride = Math.ceil(LATENCY_SIZE / 8) * 8; // per-CPU values are 8-byte aligned
     const { keys, values, count } = map.lookupAll(stride * this.cpus);
     const out: LatencyHistogram[] = [];
+    for (let i = 0; i < count; i++) out.push({ order: keys.readUInt32LE(i * 4), ...sumLatency(values, i * stride * this.cpus, this.cpus, stride) });
+    return out;
+  }
+
+  steps(): StepCount[] {
+    const stride = Math.ceil(STEP_COUNT_SIZE / 8) * 8;
+    const { keys, values, count } = this.obj.map(M.nt_steps).lookupAll(stride * this.cpus);
+    const out: StepCount[] = [];
     for (let i = 0; i < count; i++) {
       const base = i * stride * this.cpus;
-      const counts = new Array<number>(LAT_BUCKETS).fill(0);
-      let sumNs = 0;
-      for (let c = 0; c < this.cpus; c++) {
-        const at = base + c * stride;
-        for (let b = 0; b < LAT_BUCKETS; b++) counts[b]! += Number(values.readBigUInt64LE(at + LATENCY_FIELDS.buckets.offset + 8 * b));
-        sumNs += Number(values.readBigUInt64LE(at + LATENCY_FIELDS.sum_ns.offset));
-      }
-      out.push({ order: keys.readUInt32LE(i * 4), counts, sumNs });
+      out.push({
+        order: keys.readUInt32LE(i * 4),
+        packets: sum64(values, base + STEP_COUNT_FIELDS.packets.offset, this.cpus, stride),
+        bytes: sum64(values, base + STEP_COUNT_FIELDS.bytes.offset, this.cpus, stride),
+      });
     }
     return out;
   }
@@ -168,7 +215,60 @@ export class AgentProbe {
 
   mapFailures(): MapFailures {
     const n = this.perCpuArray(this.obj.map(M.nt_map_fail));
-    return { retransmits: n[MAP_FAIL.RETRANS] ?? 0, drops: n[MAP_FAIL.DROPS] ?? 0 };
+    return { retransmits: n[MAP_FAIL.RETRANS] ?? 0, drops: n[MAP_FAIL.DROPS] ?? 0, dns: n[MAP_FAIL.DNS] ?? 0 };
+  }
+
+  dnsLatency(): DnsLatency[] {
+    const map = this.obj.map(M.nt_dns_lat);
+    const stride = Math.ceil(LATENCY_SIZE / 8) * 8;
+    const { keys, values, count } = map.lookupAll(stride * this.cpus);
+    const K = DNS_SERVER_KEY_FIELDS;
+    const out: DnsLatency[] = [];
+    for (let i = 0; i < count; i++) {
+      const k = i * map.keySize;
+      out.push({
+        family: keys.readUInt8(k + K.family.offset), server: Uint8Array.from(keys.subarray(k + K.server.offset, k + K.server.offset + K.server.length)),
+        ...sumLatency(values, i * stride * this.cpus, this.cpus, stride),
+      });
+    }
+    return out;
+  }
+
+  dnsRcodes(): DnsRcodeCount[] {
+    const map = this.obj.map(M.nt_dns_rcodes);
+    const stride = 8;
+    const { keys, values, count } = map.lookupAll(stride * this.cpus);
+    const K = DNS_RCODE_KEY_FIELDS;
+    const out: DnsRcodeCount[] = [];
+    for (let i = 0; i < count; i++) {
+      const k = i * map.keySize;
+      out.push({
+        family: keys.readUInt8(k + K.family.offset), server: Uint8Array.from(keys.subarray(k + K.server.offset, k + K.server.offset + K.server.length)),
+        rcode: keys.readUInt8(k + K.rcode.offset), count: sum64(values, i * stride * this.cpus, this.cpus, stride),
+      });
+    }
+    return out;
+  }
+
+  /**
+   * Removes DNS queries still waiting for an answer after maxAgeNs (on the kernel's monotonic
+   * clock, which is process.hrtime's): a lost answer must not hold its slot forever. Returns how many.
+   */
+  sweepDnsPending(maxAgeNs = DNS_PENDING_MAX_AGE_NS, nowNs = process.hrtime.bigint()): number {
+    const map = this.obj.map(M.nt_dns_pending);
+    const old: Buffer[] = [];
+    map.lookupChunks((keys, values, got) => {
+      for (let i = 0; i < got; i++) {
+        if (nowNs - values.readBigUInt64LE(i * map.valueSize) > BigInt(maxAgeNs)) old.push(Buffer.from(keys.subarray(i * map.keySize, (i + 1) * map.keySize)));
+      }
+    });
+    for (const k of old) map.delete(k);
+    return old.length;
+  }
+
+  /** Pending DNS queries now in the kernel (tests). */
+  dnsPending(): number {
+    return this.obj.map(M.nt_dns_pending).lookupAll().count;
   }
 
   lostRecords(): number {

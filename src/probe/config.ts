@@ -1,5 +1,5 @@
 // The read-only config both objects share (struct nt_config in .rodata), written before load.
-import { CONFIG_FIELDS } from './layout.generated';
+import { CONFIG_FIELDS, HOP_CAPTURE_FIELDS } from './layout.generated';
 
 const MAX_VXLAN_PORTS = CONFIG_FIELDS.vxlan_ports.length / 2;
 
@@ -7,4 +7,13 @@ const MAX_VXLAN_PORTS = CONFIG_FIELDS.vxlan_ports.length / 2;
 export function writeVxlanPorts(rodata: Buffer, ports: number[]): void {
   const unique = [...new Set(ports)].slice(0, MAX_VXLAN_PORTS);
   for (let i = 0; i < MAX_VXLAN_PORTS; i++) rodata.writeUInt16LE(unique[i] ?? 0, CONFIG_FIELDS.vxlan_ports.offset + 2 * i);
+}
+
+/** The most of a packet's first bytes the hop program copies (struct nt_hop_capture's data). */
+export const SNAPLEN_MAX = HOP_CAPTURE_FIELDS.data.length;
+
+/** How many of each followed packet's first bytes the hop program copies; 0: none (no copy is even loaded). */
+export function writeSnaplen(rodata: Buffer, snaplen: number): void {
+  if (!Number.isInteger(snaplen) || snaplen < 0 || snaplen > SNAPLEN_MAX) throw new RangeError(`snaplen ${snaplen} is not 0..${SNAPLEN_MAX}`);
+  rodata.writeUInt32LE(snaplen, CONFIG_FIELDS.snaplen.offset);
 }

@@ -2,7 +2,7 @@
 import { BpfObject, possibleCpus, RingReader } from '../libbpf';
 import type { BpfMap, BpfProgram, RecordHandler } from '../libbpf';
 import { encodeFlowKey, encodeFlowRule, type FlowRule } from './flowrule';
-import { writeVxlanPorts } from './config';
+import { writeSnaplen, writeVxlanPorts } from './config';
 import { HOP } from './layout.generated';
 import { bpfObjectPath } from './paths';
 
@@ -15,6 +15,8 @@ export interface HopOptions {
   ringBytes?: number;
   /** also report followed packets the kernel drops, with its reason (tp_btf/kfree_skb; default true) */
   drops?: boolean;
+  /** copy each hop's first snaplen bytes after its record (follow -w); 0 or absent: plain records */
+  snaplen?: number;
 }
 
 export class HopProbe {
@@ -25,9 +27,9 @@ export class HopProbe {
   private readonly ring: RingReader;
   private dropLink: { detach(): void } | null = null;
 
-  private constructor(private readonly obj: BpfObject) {
-    this.ingress = obj.program(P.nt_ingress);
-    this.egress = obj.program(P.nt_egress);
+  private constructor(private readonly obj: BpfObject, capture: boolean) {
+    this.ingress = obj.program(capture ? P.nt_ingress_cap : P.nt_ingress);
+    this.egress = obj.program(capture ? P.nt_egress_cap : P.nt_egress);
     this.flows = obj.map(M.nt_flows);
     this.lost = obj.map(M.nt_lost);
     this.ring = new RingReader(obj.map(M.nt_records).fd, obj.maxEntries(M.nt_records));
@@ -38,10 +40,15 @@ export class HopProbe {
     try {
       const cfg = obj.sectionData('.rodata');
       writeVxlanPorts(cfg, opts.vxlanPorts);
+      const capture = (opts.snaplen ?? 0) > 0;
+      writeSnaplen(cfg, opts.snaplen ?? 0);
+      // only one pair is loaded: without snaplen the programs that have no copy in them at all
+      for (const p of [P.nt_ingress_cap, P.nt_egress_cap]) obj.setAutoload(p, capture);
+      for (const p of [P.nt_ingress, P.nt_egress]) obj.setAutoload(p, !capture);
       if (opts.ringBytes) obj.setMaxEntries(M.nt_records, opts.ringBytes);
       if (opts.drops === false) obj.setAutoload(P.nt_drop, false);
       obj.load();
-      const probe = new HopProbe(obj);
+      const probe = new HopProbe(obj, capture);
       if (opts.drops !== false) probe.dropLink = obj.attach(P.nt_drop);
       return probe;
     } catch (err) {

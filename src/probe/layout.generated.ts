@@ -31,7 +31,8 @@ export const HOOK = {
 export const MAP_FAIL = {
   RETRANS: 0,
   DROPS: 1,
-  COUNT: 2,
+  DNS: 2,
+  COUNT: 3,
 } as const;
 
 /** Programs and maps of bpf/hop.bpf.c, as named in its object's BTF. */
@@ -39,6 +40,8 @@ export const HOP = {
   programs: {
     nt_ingress: 'nt_ingress',
     nt_egress: 'nt_egress',
+    nt_ingress_cap: 'nt_ingress_cap',
+    nt_egress_cap: 'nt_egress_cap',
     nt_drop: 'nt_drop',
   },
   maps: {
@@ -46,6 +49,7 @@ export const HOP = {
     nt_records: 'nt_records',
     nt_lost: 'nt_lost',
     nt_flows: 'nt_flows',
+    nt_capture: 'nt_capture',
   },
 } as const;
 
@@ -72,9 +76,14 @@ export const AGENT = {
     nt_enum_layout: 'nt_enum_layout',
     nt_seen: 'nt_seen',
     nt_lat: 'nt_lat',
+    nt_steps: 'nt_steps',
     nt_drops: 'nt_drops',
     nt_retrans: 'nt_retrans',
     nt_map_fail: 'nt_map_fail',
+    nt_dns_pending: 'nt_dns_pending',
+    nt_dns_lat: 'nt_dns_lat',
+    nt_dns_rcodes: 'nt_dns_rcodes',
+    nt_dns_zero: 'nt_dns_zero',
     nt_netns: 'nt_netns',
   },
   /** [order]: the program for each hook point (enum nt_order) */
@@ -112,6 +121,15 @@ export const HOP_RECORD_FIELDS = {
   _pad: { offset: 91, kind: 'bytes', length: 5 },
 } as const;
 
+export const HOP_CAPTURE_SIZE = 360;
+export const HOP_CAPTURE_FIELDS = {
+  hop: { offset: 0, kind: 'struct nt_hop_record', length: 96 },
+  cap_len: { offset: 96, kind: 'u16', length: 2 },
+  dev_type: { offset: 98, kind: 'u16', length: 2 },
+  _pad: { offset: 100, kind: 'bytes', length: 4 },
+  data: { offset: 104, kind: 'bytes', length: 256 },
+} as const;
+
 export const FLOW_KEY_SIZE = 36;
 export const FLOW_KEY_FIELDS = {
   saddr: { offset: 0, kind: 'bytes', length: 16 },
@@ -130,11 +148,12 @@ export const FLOW_RULE_FIELDS = {
   _pad: { offset: 9, kind: 'bytes', length: 3 },
 } as const;
 
-export const CONFIG_SIZE = 16;
+export const CONFIG_SIZE = 20;
 export const CONFIG_FIELDS = {
   vxlan_ports: { offset: 0, kind: 'u16[]', length: 8 },
   sample_below: { offset: 8, kind: 'u32', length: 4 },
   latency_mask: { offset: 12, kind: 'u32', length: 4 },
+  snaplen: { offset: 16, kind: 'u32', length: 4 },
 } as const;
 
 export const DROP_KEY_SIZE = 8;
@@ -171,6 +190,37 @@ export const LATENCY_SIZE = 520;
 export const LATENCY_FIELDS = {
   buckets: { offset: 0, kind: 'u64[]', length: 512 },
   sum_ns: { offset: 512, kind: 'u64', length: 8 },
+} as const;
+
+export const STEP_COUNT_SIZE = 16;
+export const STEP_COUNT_FIELDS = {
+  packets: { offset: 0, kind: 'u64', length: 8 },
+  bytes: { offset: 8, kind: 'u64', length: 8 },
+} as const;
+
+export const DNS_KEY_SIZE = 40;
+export const DNS_KEY_FIELDS = {
+  client: { offset: 0, kind: 'bytes', length: 16 },
+  server: { offset: 16, kind: 'bytes', length: 16 },
+  client_port: { offset: 32, kind: 'u16', length: 2 },
+  id: { offset: 34, kind: 'u16', length: 2 },
+  family: { offset: 36, kind: 'u8', length: 1 },
+  _pad: { offset: 37, kind: 'bytes', length: 3 },
+} as const;
+
+export const DNS_RCODE_KEY_SIZE = 20;
+export const DNS_RCODE_KEY_FIELDS = {
+  server: { offset: 0, kind: 'bytes', length: 16 },
+  family: { offset: 16, kind: 'u8', length: 1 },
+  rcode: { offset: 17, kind: 'u8', length: 1 },
+  _pad: { offset: 18, kind: 'bytes', length: 2 },
+} as const;
+
+export const DNS_SERVER_KEY_SIZE = 20;
+export const DNS_SERVER_KEY_FIELDS = {
+  server: { offset: 0, kind: 'bytes', length: 16 },
+  family: { offset: 16, kind: 'u8', length: 1 },
+  _pad: { offset: 17, kind: 'bytes', length: 3 },
 } as const;
 
 export interface HopRecord {
@@ -239,5 +289,26 @@ export function decodeHopRecord(v: DataView, o: number): HopRecord {
     kind: v.getUint8(o + 87),
     reason: v.getUint16(o + 88, true),
     order: v.getUint8(o + 90),
+  };
+}
+
+export interface HopCapture {
+  hop: HopRecord;
+  cap_len: number;
+  dev_type: number;
+  /** the packet's first bytes as the kernel copied them (at most 256) */
+  data: Uint8Array;
+}
+
+/** A ring record of `length` bytes: a hop record (HOP_RECORD_SIZE: no bytes, the other fields 0) or a nt_hop_capture. */
+export function decodeHopCapture(v: DataView, o: number, length: number): HopCapture {
+  if (length < 104) return { hop: decodeHopRecord(v, o), cap_len: 0, dev_type: 0, data: new Uint8Array(0) };
+  const n = Math.min(v.getUint16(o + 96, true), 256, length - 104);
+  const at = v.byteOffset + o + 104;
+  return {
+    hop: decodeHopRecord(v, o + 0),
+    cap_len: v.getUint16(o + 96, true),
+    dev_type: v.getUint16(o + 98, true),
+    data: new Uint8Array(v.buffer.slice(at, at + n)),
   };
 }

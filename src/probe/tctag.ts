@@ -4,7 +4,8 @@
 // qdisc is ours to remove only where we recorded creating it (a file per qdisc under /run).
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import type { TcDirection, TcTag } from '../libbpf';
-import { run } from '../exec';
+import { execFile } from 'node:child_process';
+import { EXEC_TIMEOUT_MS, run } from '../exec';
 import type { NetnsRef } from '../topology/netns';
 
 export const TC_PRIORITY = 0x4e54;
@@ -39,7 +40,32 @@ export interface TcFilter {
 /** ns: ip/tc -n name, null for our own namespace. Throws when tc cannot tell: callers fail closed. */
 export function listTcFilters(ns: string | null, dev: string, dir: TcDirection): TcFilter[] {
   const out = run('tc', [...(ns ? ['-n', ns] : []), '-j', 'filter', 'show', 'dev', dev, dir]).trim();
-  const rows = (out ? JSON.parse(out) : []) as { kind?: string; pref?: number; options?: { handle?: string; prog?: { name?: string } } }[];
+  return parseFilters(out ? JSON.parse(out) : []);
+}
+
+/**
+ * Every device's filters on both hooks, in one `tc -batch` (a namespace with 250 veths took
+ * 500 `tc` runs, seconds). Throws when tc cannot tell for each: callers fail closed.
+ */
+export function listTcFiltersMany(ns: string | null, devs: string[]): Map<string, Record<TcDirection, TcFilter[]>> {
+  if (devs.length === 0) return new Map();
+  return parseMany(run('tc', [...(ns ? ['-n', ns] : []), '-j', '-b', '-'], { input: showAll(devs) }), devs);
+}
+
+function showAll(devs: string[]): string {
+  return devs.flatMap((d) => [`filter show dev ${d} ingress\n`, `filter show dev ${d} egress\n`]).join('');
+}
+
+function parseMany(out: string, devs: string[]): Map<string, Record<TcDirection, TcFilter[]>> {
+  const all = new Map<string, Record<TcDirection, TcFilter[]>>();
+  // one JSON array a line, in the order asked
+  const lines = out.split('\n').filter((l) => l.trim());
+  if (lines.length !== devs.length * 2) throw new Error(`tc -batch printed ${lines.length} lists for ${devs.length * 2} hooks`);
+  devs.forEach((d, i) => all.set(d, { ingress: parseFilters(JSON.parse(lines[2 * i]!)), egress: parseFilters(JSON.parse(lines[2 * i + 1]!)) }));
+  return all;
+}
+
+function parseFilters(rows: { kind?: string; pref?: number; options?: { handle?: string; prog?: { name?: string } } }[]): TcFilter[] {
   // tc prints a header row per priority and a row per filter (with options): keep the filters
   return rows.filter((r) => r.options).map((r) => ({
     kind: r.kind ?? '', pref: r.pref ?? 0,
@@ -59,6 +85,38 @@ export function hasTcFilters(ns: string | null, dev: string): boolean {
   } catch {
     return true;
   }
+}
+
+/**
+ * Of these devices of one namespace, those with any filter, ours or another tool's: one
+ * `tc -batch` for all of them. Every device when tc cannot tell for each (callers fail closed).
+ */
+export function devicesWithTcFilters(ns: string | null, devs: string[]): Set<string> {
+  try {
+    return busyOf(listTcFiltersMany(ns, devs), devs);
+  } catch {
+    return new Set(devs);
+  }
+}
+
+/** devicesWithTcFilters without blocking: stopping runs several namespaces' `tc` at once. */
+export function devicesWithTcFiltersAsync(ns: string | null, devs: string[]): Promise<Set<string>> {
+  if (devs.length === 0) return Promise.resolve(new Set());
+  return new Promise((resolve) => {
+    const child = execFile('tc', [...(ns ? ['-n', ns] : []), '-j', '-b', '-'], { encoding: 'utf8', timeout: EXEC_TIMEOUT_MS, killSignal: 'SIGKILL' }, (err, out) => {
+      try {
+        resolve(err ? new Set(devs) : busyOf(parseMany(out, devs), devs));
+      } catch {
+        resolve(new Set(devs));
+      }
+    });
+    child.stdin?.on('error', () => {}); // tc gone early: its exit says so
+    child.stdin?.end(showAll(devs));
+  });
+}
+
+function busyOf(filters: Map<string, Record<TcDirection, TcFilter[]>>, devs: string[]): Set<string> {
+  return new Set(devs.filter((d) => filters.get(d)!.ingress.length > 0 || filters.get(d)!.egress.length > 0));
 }
 
 const CLSACT_DIR = '/run/nettrace/clsact';

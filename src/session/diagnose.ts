@@ -7,6 +7,7 @@ import type { PacketPath } from '../flow/path';
 import type { FlowSpec } from '../flow/spec';
 import type { AttachMechanism } from '../probe/attach';
 import { checkReach, forwardDropRules, type ReachCheck } from '../topology/inspect';
+import { countedSince, nftMatchesFlow, readDropRules, type FilterRule } from '../topology/netfilter';
 import { findPodByIp, type ClusterTopology, type NodeTopology, type Pod } from '../topology/model';
 import type { Service } from '../topology/services';
 import { nodeNames, type ClusterView } from './cluster';
@@ -17,6 +18,8 @@ import { sendProbes } from './probes';
 export interface NodeFacts {
   reach: ReachCheck;
   dropRules: string[];
+  /** every drop rule of iptables' filter table and of nft's own tables, with counters */
+  filterRules?: FilterRule[];
   /** its step devices' MTUs by name */
   mtus: Record<string, number>;
 }
@@ -25,7 +28,7 @@ export interface NodeFacts {
 export function nodeFacts(node: NodeTopology, dst: string): NodeFacts {
   const mtus: Record<string, number> = {};
   for (const d of [node.underlay, node.tunnel, node.bridge]) if (d) mtus[d.name] = d.mtu;
-  return { reach: checkReach(node, dst), dropRules: forwardDropRules(node), mtus };
+  return { reach: checkReach(node, dst), dropRules: forwardDropRules(node, dst), filterRules: readDropRules(node), mtus };
 }
 
 export interface DiagnoseTarget {
@@ -36,6 +39,8 @@ export interface DiagnoseTarget {
   follow(h: { graceMs: number; onPath(p: PacketPath): void; onReady(r: ReadyEvent): void; onWarning?(m: string): void; onLost?(records: number, why: string): void }): FollowSession;
   sendProbes(pod: Pod): Promise<void>;
   inspect(node: string, dst: string): Promise<NodeFacts>;
+  /** the node's drop rules and their counters, read before the probes: the rule whose counter grows is the one that took them */
+  filterRules?(node: string): Promise<FilterRule[]>;
 }
 
 export function localTarget(flow: FlowSpec, cluster: ClusterView, attach: AttachMechanism): DiagnoseTarget {
@@ -45,6 +50,7 @@ export function localTarget(flow: FlowSpec, cluster: ClusterView, attach: Attach
     follow: (h) => startFollow({ flow, cluster, attach, ...h }),
     sendProbes: (pod) => sendProbes(pod.netns.name, flow, pod.eth.mtu),
     inspect: async (name, dst) => nodeFacts(topology.nodes.find((n) => n.name === name)!, dst),
+    filterRules: async (name) => readDropRules(topology.nodes.find((n) => n.name === name)!),
   };
 }
 
@@ -117,6 +123,19 @@ export async function runDiagnose(opts: DiagnoseSessionOptions): Promise<Diagnos
       'name the namespaces that act as nodes with --netns, or check the CNI is running');
   }
 
+  // counters before the probes (and before any hook, so no probe is in them)
+  const before = new Map<string, FilterRule[]>();
+  if (opts.target.filterRules) {
+    for (const n of topology.nodes) {
+      try {
+        before.set(n.name, await opts.target.filterRules(n.name));
+      } catch {
+        // no reading: that node's drop rules are judged by the FORWARD listing alone
+      }
+    }
+  }
+  signal?.throwIfAborted();
+
   const paths: PacketPath[] = [];
   // records we lost make probes look lost: the verdict says so
   const lost = { records: 0, why: new Set<string>() };
@@ -166,11 +185,25 @@ export async function runDiagnose(opts: DiagnoseSessionOptions): Promise<Diagnos
     if (topology.nodes.some((n) => n.name === node)) facts.set(node, await opts.target.inspect(node, routedDst));
   }
   const full = (p: PacketPath) => p.packet.len >= podMtu - 20;
+  const probeFlow = { src: f.src, dst: routedDst, proto: f.proto, ...(f.dport ? { dport: f.dport } : {}) };
+  const hits = (n: string): FilterRule[] => {
+    const after = facts.get(n)?.filterRules;
+    if (!after || !before.has(n)) return [];
+    const node = topology.nodes.find((x) => x.name === n);
+    // an nft rule without a counter cannot say it took them: one that matches the flow may have
+    const uncounted = after.filter((r) => r.packets === null && r.match && nftMatchesFlow(r.match, probeFlow) === true);
+    return [...countedSince(before.get(n)!, after), ...uncounted].map((r) => {
+      const pod = r.calico && node?.pods.find((x) => x.hostVeth.name === r.calico!.iface);
+      return pod ? { ...r, calico: { ...r.calico!, workload: pod.k8s ? `${pod.k8s.namespace}/${pod.k8s.name}` : pod.name } } : r;
+    });
+  };
   return diagnose({
     paths: paths.filter((p) => !full(p)),
     mtuProbe: opts.passive ? null : { size: podMtu, podMtu, paths: paths.filter(full) },
     reach: (n) => facts.get(n)?.reach ?? { route: null },
     dropRules: (n) => facts.get(n)?.dropRules ?? [],
+    dropHits: hits,
+    flow: probeFlow,
     mtu: (n, dev) => facts.get(n)?.mtus[dev] ?? null,
     dst: f.dst,
     lostRecords: { records: lost.records, why: [...lost.why] },

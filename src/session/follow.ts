@@ -4,7 +4,9 @@
 import { PathAssembler, type AssemblerOptions } from '../flow/assemble';
 import { checkReach } from '../topology/inspect';
 import { findPodByIp } from '../topology/model';
+import { CaptureIndex, type HopBytes } from '../flow/captures';
 import { stampWallTimes, WallClock } from '../flow/clock';
+import { decodeHopCapture } from '../probe/layout.generated';
 import type { PacketPath } from '../flow/path';
 import type { FlowSpec } from '../flow/spec';
 import type { AttachMechanism } from '../probe/attach';
@@ -30,7 +32,8 @@ export interface FollowRequestOptions {
   /** stop after this many paths */
   count?: number | null;
   timeoutS?: number | null;
-  onPath(p: PacketPath): void;
+  /** with snaplen: captured, each hop's packet bytes and wall-clock time (by index of p.steps) */
+  onPath(p: PacketPath, captured?: CapturedHop[]): void;
   onReady?(r: ReadyEvent): void;
   onWarning?(message: string): void;
   /** hop records lost before they were read (a full ring, a slow reader): paths may lack hops */
@@ -40,6 +43,16 @@ export interface FollowRequestOptions {
 export interface FollowSessionOptions extends FollowRequestOptions {
   cluster: ClusterView;
   attach: AttachMechanism;
+  /** copy each hop's first snaplen bytes in the kernel (1..SNAPLEN_MAX) and hand them to onPath; 0 or absent: none */
+  snaplen?: number;
+}
+
+/** A hop's packet as follow -w writes it. */
+export interface CapturedHop {
+  /** undefined when its bytes were not kept (an evicted record) */
+  bytes: HopBytes | undefined;
+  /** the hop's ts_ns on the wall clock, in ns: the same mapping as its `time` */
+  wallNs: bigint;
 }
 
 export interface FollowSession {
@@ -71,7 +84,10 @@ export function startFollow(opts: FollowSessionOptions): FollowSession {
   const endpoints = serviceAt(opts.cluster, f.dst, f.dport || undefined)?.endpoints ?? [];
   requireFlowPods(opts.cluster, f.src, f.dst, endpoints.map((e) => e.ip));
   const topology = opts.cluster.topology;
-  const feed = openLocalFeed(f, topology, endpoints, opts.attach);
+  const snaplen = opts.snaplen ?? 0;
+  const feed = openLocalFeed(f, topology, endpoints, opts.attach, snaplen);
+  // bytes wait at least as long as a path may wait for its next hop
+  const captures = snaplen > 0 ? new CaptureIndex(topology, { retainNs: Math.max(30e9, (2 * opts.graceMs + 5000) * 1e6) }) : null;
   opts.onReady?.({
     devices: feed.devices.length, namespaces: new Set(feed.devices.map((d) => d.netns.name)).size, attach: opts.attach,
     modes: [...new Set(topology.nodes.map((n) => n.cni))], atNs: Number(process.hrtime.bigint()),
@@ -84,14 +100,26 @@ export function startFollow(opts: FollowSessionOptions): FollowSession {
   const clock = new WallClock();
   const remeasure = setInterval(() => clock.measure(), 60_000).unref();
   const loop = pathLoop({
-    count: opts.count ?? null, timeoutS: opts.timeoutS ?? null, onPath: (p) => opts.onPath(stampWallTimes(p, (ts) => clock.wallNs(ts))),
-    poll: () => feed.drain((r) => {
+    count: opts.count ?? null, timeoutS: opts.timeoutS ?? null,
+    onPath: (p) => {
+      const wallNs = (ts: number) => clock.wallNs(ts);
+      stampWallTimes(p, wallNs);
+      if (!captures) return opts.onPath(p);
+      const bytes = captures.take(p);
+      opts.onPath(p, p.steps.map((h, i) => ({ bytes: bytes[i], wallNs: wallNs(h.ts_ns) })));
+    },
+    poll: () => feed.drain((r, view, offset, length) => {
+      if (captures) {
+        const c = decodeHopCapture(view, offset, length);
+        captures.add(r, c.data, c.dev_type);
+      }
       for (const p of assembler.addRecord(r)) loop.emit(p);
     }),
     expire: (force) => assembler.expire(force),
     release: () => feed.detach(),
     close: () => {
       clearInterval(remeasure);
+      if (captures && captures.missing > 0) opts.onWarning?.(`${captures.missing} hops had no packet bytes kept (records evicted): written without them`);
       const lost = feed.lost();
       if (lost > 0) {
         opts.onLost?.(lost, 'the ring buffer was full');

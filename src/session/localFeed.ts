@@ -9,12 +9,17 @@ import { attachAll, type AttachMechanism, type HookSet } from '../probe/attach';
 import { reverse, type FlowRule } from '../probe/flowrule';
 import { HopProbe } from '../probe/hop';
 import { decodeHopRecord, type HopRecord } from '../probe/layout.generated';
+import { ipJson } from '../exec';
 import { allDevices, type ClusterTopology, type Device } from '../topology/model';
+import { ipNs } from '../topology/netns';
 
 export interface LocalFeed {
   readonly devices: Device[];
-  /** hand every record written since the last call to fn, decoded and as its bytes in the ring (valid during the call) */
-  drain(fn: (r: HopRecord, view: DataView, offset: number) => void): void;
+  /**
+   * hand every record written since the last call to fn, decoded and as its bytes in the ring (valid
+   * during the call): length bytes, HOP_RECORD_SIZE, or more with snaplen (decodeHopCapture)
+   */
+  drain(fn: (r: HopRecord, view: DataView, offset: number, length: number) => void): void;
   /** records the kernel could not write (ring full) */
   lost(): number;
   /** detach every hook; records still in the ring stay readable until close() */
@@ -22,10 +27,15 @@ export interface LocalFeed {
   close(): void;
 }
 
-/** endpoints: where a ClusterIP destination is translated to, followed as the same flow. */
-export function openLocalFeed(flow: FlowSpec, topology: ClusterTopology, endpoints: { ip: string; port: number }[], attach: AttachMechanism): LocalFeed {
+/**
+ * endpoints: where a ClusterIP destination is translated to, followed as the same flow. snaplen: each
+ * hop's record also carries the packet's first snaplen bytes (follow -w); 0, records as they are.
+ */
+export function openLocalFeed(
+  flow: FlowSpec, topology: ClusterTopology, endpoints: { ip: string; port: number }[], attach: AttachMechanism, snaplen = 0,
+): LocalFeed {
   const vxlanPorts = topology.nodes.flatMap((n) => (n.tunnel?.vxlan ? [n.tunnel.vxlan.port] : []));
-  const probe = withAdvice(() => HopProbe.load({ vxlanPorts: vxlanPorts.length ? vxlanPorts : [8472, 4789] }));
+  const probe = withAdvice(() => HopProbe.load({ vxlanPorts: vxlanPorts.length ? vxlanPorts : [8472, 4789], snaplen }));
   let hooks: HookSet | null = null;
   const devices = allDevices(topology);
   try {
@@ -41,6 +51,15 @@ export function openLocalFeed(flow: FlowSpec, topology: ClusterTopology, endpoin
         probe.follow(translated);
         probe.follow(reverse(translated));
       }
+      // ICMP errors that answer the flow: a closed UDP port's from the destination (the Service's
+      // address once conntrack reverses the DNAT in it), a REJECT's or a missing route's from a node.
+      // The hop program keys an error by the ports it quotes, swapped: it matches like a reply
+      if ((flow.proto === 'udp' || flow.proto === 'tcp') && flow.family === 4) {
+        const errors = (to: FlowRule) => ({ ...reverse(to), proto: 1 });
+        probe.follow(errors(request));
+        for (const ep of endpoints) probe.follow(errors({ ...request, daddr: ipBytesOf(ep.ip), dport: flow.dport ? ep.port : 0 }));
+        for (const addr of nodeAddresses(topology)) probe.follow(errors({ ...request, daddr: ipBytesOf(addr) }));
+      }
     });
     hooks = attachAll(devices, { ingress: probe.ingress, egress: probe.egress }, attach);
   } catch (err) {
@@ -50,7 +69,12 @@ export function openLocalFeed(flow: FlowSpec, topology: ClusterTopology, endpoin
   return {
     devices,
     drain: (fn) => {
-      probe.drain((view, offset) => fn(decodeHopRecord(view, offset), view, offset));
+      probe.drain((view, offset, length) => {
+        const r = decodeHopRecord(view, offset);
+        // of ICMP, a TCP or UDP flow is given only the errors that answer it (no pings)
+        if (flow.proto !== 'icmp' && !flowKeeps(r)) return;
+        fn(r, view, offset, length);
+      });
     },
     lost: () => probe.lostRecords(),
     detach: () => hooks?.detach(),
@@ -59,6 +83,28 @@ export function openLocalFeed(flow: FlowSpec, topology: ClusterTopology, endpoin
       probe.close();
     },
   };
+}
+
+/**
+ * The IPv4 addresses of the nodes' own namespaces, which a node's ICMP errors come from; at most
+ * 64 a node (a node with kube-ipvs0 holds every ClusterIP)
+ */
+function nodeAddresses(topology: ClusterTopology): string[] {
+  return topology.nodes.flatMap((n) => {
+    try {
+      const links = ipJson<{ addr_info?: { local?: string }[] }[]>(ipNs(n.netns), ['-4', 'addr', 'show']);
+      return links.flatMap((l) => (l.addr_info ?? []).flatMap((a) => (a.local && !a.local.startsWith('127.') ? [a.local] : []))).slice(0, 64);
+    } catch {
+      return [];
+    }
+  });
+}
+
+/** A TCP or UDP flow keeps its own packets and the ICMP errors for it (unreachable, time exceeded, parameter problem), not pings. */
+function flowKeeps(r: HopRecord): boolean {
+  if (r.proto === 1) return r.icmp_type === 3 || r.icmp_type === 11 || r.icmp_type === 12;
+  if (r.proto === 58) return r.icmp_type < 128;
+  return true;
 }
 
 let reasons: Map<number, string> | null = null;

@@ -8,6 +8,7 @@ import { OffsetEstimate, WireSymmetry } from '../flow/clockSync';
 import type { HopView, PacketPath } from '../flow/path';
 import type { FlowSpec } from '../flow/spec';
 import type { ReachCheck } from '../topology/inspect';
+import { checkedFilterRules } from '../topology/netfilter';
 import { findPodByIp, type ClusterTopology, type NodeTopology } from '../topology/model';
 import type { Service } from '../topology/services';
 import { AgentClient, type ClientAuth, type FollowStream } from './agentClient';
@@ -291,11 +292,17 @@ export function remoteTarget(flow: FlowSpec, rc: RemoteCluster): DiagnoseTarget 
       await agentOf(pod.node).json('POST', '/v1/probe', followRequest(flow, 60), 30_000);
     },
     inspect: async (node, dst) => {
-      const r = await agentOf(node).json<{ reach?: ReachCheck; drop_rules?: unknown; mtus?: unknown }>('GET', `/v1/inspect?dst=${encodeURIComponent(dst)}`);
+      const r = await agentOf(node).json<{ reach?: ReachCheck; drop_rules?: unknown; filter_rules?: unknown; mtus?: unknown }>('GET', `/v1/inspect?dst=${encodeURIComponent(dst)}`);
       const rules = Array.isArray(r.drop_rules) ? r.drop_rules.filter((x): x is string => typeof x === 'string').slice(0, 200) : [];
       const mtus: Record<string, number> = {};
       if (r.mtus && typeof r.mtus === 'object') for (const [k, v] of Object.entries(r.mtus)) if (typeof v === 'number') mtus[k] = v;
-      return { reach: checkedReach(r.reach), dropRules: rules, mtus };
+      // an agent without filter_rules (older): judged by the FORWARD listing alone
+      return { reach: checkedReach(r.reach), dropRules: rules, mtus, ...(Array.isArray(r.filter_rules) ? { filterRules: checkedFilterRules(r.filter_rules) } : {}) };
+    },
+    filterRules: async (node) => {
+      const r = await agentOf(node).json<{ filter_rules?: unknown }>('GET', `/v1/inspect?dst=${encodeURIComponent(flow.dst)}`);
+      if (!Array.isArray(r.filter_rules)) throw new Error('no filter_rules');
+      return checkedFilterRules(r.filter_rules);
     },
   };
 }

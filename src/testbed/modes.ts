@@ -24,6 +24,8 @@ interface Mode {
 }
 
 const VXLAN_MTU = 1450;
+/** kubeadm's default Service range: every testbed ClusterIP is in it */
+const SERVICE_CIDR = '10.96.0.0/12';
 const RUN_DIR = '/run/nettrace/testbed';
 
 export const MODES: Record<CniMode, Mode> = {
@@ -87,19 +89,41 @@ export function buildMode(state: TestbedState, podMtu?: number): void {
 function kubeProxyService(n: Node, svc: TestbedState['services'][number]): void {
   const ipt = (args: string[]) => run('ip', ['netns', 'exec', n.netns, 'iptables', '-t', 'nat', ...args]);
   const tag = svc.name.toUpperCase().replace(/[^A-Z0-9]/g, '');
+  if (svc.endpoints.length === 0) return kubeProxyReject(n, svc);
   if (!run('ip', ['netns', 'exec', n.netns, 'iptables', '-t', 'nat', '-S'], { allowFail: true }).includes('-N KUBE-SERVICES')) {
     ipt(['-N', 'KUBE-SERVICES']);
     ipt(['-A', 'PREROUTING', '-j', 'KUBE-SERVICES']);
     ipt(['-A', 'OUTPUT', '-j', 'KUBE-SERVICES']);
   }
   ipt(['-N', `KUBE-SVC-${tag}`]);
-  ipt(['-A', 'KUBE-SERVICES', '-d', `${svc.clusterIp}/32`, '-p', 'tcp', '-m', 'tcp', '--dport', String(svc.port), '-j', `KUBE-SVC-${tag}`]);
+  const proto = svc.proto ?? 'tcp';
+  ipt(['-A', 'KUBE-SERVICES', '-d', `${svc.clusterIp}/32`, '-p', proto, '-m', proto, '--dport', String(svc.port), '-j', `KUBE-SVC-${tag}`]);
   svc.endpoints.forEach((ep, i) => {
     const sep = `KUBE-SEP-${tag}${i}`;
     ipt(['-N', sep]);
     ipt(['-A', `KUBE-SVC-${tag}`, '-j', sep]);
-    ipt(['-A', sep, '-p', 'tcp', '-m', 'tcp', '-j', 'DNAT', '--to-destination', ep]);
+    ipt(['-A', sep, '-p', proto, '-m', proto, '-j', 'DNAT', '--to-destination', ep]);
   });
+}
+
+/**
+ * A Service without endpoints as kube-proxy's iptables mode writes it: no nat chains, a REJECT in
+ * the filter table's KUBE-SERVICES (jumped to for new connections), so clients get a port unreachable.
+ */
+function kubeProxyReject(n: Node, svc: TestbedState['services'][number]): void {
+  const ipt = (args: string[]) => run('ip', ['netns', 'exec', n.netns, 'iptables', '-t', 'filter', ...args]);
+  if (!run('ip', ['netns', 'exec', n.netns, 'iptables', '-t', 'filter', '-S'], { allowFail: true }).includes('-N KUBE-SERVICES')) {
+    ipt(['-N', 'KUBE-SERVICES']);
+    for (const chain of ['INPUT', 'FORWARD', 'OUTPUT']) {
+      ipt(['-A', chain, '-m', 'conntrack', '--ctstate', 'NEW', '-m', 'comment', '--comment', 'kubernetes service portals', '-j', 'KUBE-SERVICES']);
+    }
+    // an untranslated ClusterIP is routed like any address (a real node's default route) before
+    // FORWARD rejects it; only the Service range here, so the tests' missing pod routes stay no-route
+    ip(n.netns, ['route', 'add', SERVICE_CIDR, 'dev', 'eth0']);
+  }
+  const proto = svc.proto ?? 'tcp';
+  ipt(['-A', 'KUBE-SERVICES', '-d', `${svc.clusterIp}/32`, '-p', proto, '-m', 'comment', '--comment', `${svc.namespace ?? 'default'}/${svc.name} has no endpoints`,
+    '-m', proto, '--dport', String(svc.port), '-j', 'REJECT', '--reject-with', 'icmp-port-unreachable']);
 }
 
 function nodeSide(mode: Mode, n: Node, idx: number, mtu: number): void {

@@ -5,6 +5,8 @@ import path from 'node:path';
 import { NettraceError, usageError } from '../errors';
 import { ip, run } from '../exec';
 import type { CniMode } from '../topology/cni';
+import { dnsLayout, dnsPathsOk, DNS_CLUSTER_IP, requireUnbound, startDns, stopDns } from './dns';
+import { checkCriMode, checkCriState, criCleanup, criStopSandboxes, criUp, requireCriTools } from './cri';
 import { buildMode, MODES, removeBirdFiles } from './modes';
 import type { TestbedState } from './state';
 
@@ -16,6 +18,8 @@ export interface TestbedOptions {
   /** pod eth0 MTU: the mode's (1450 with VXLAN); 1500 reproduces the seed's MTU case */
   podMtu?: number;
   cni?: CniMode;
+  /** pods through a real containerd per node as well (testbedUpCri; flannel modes only) */
+  cri?: boolean;
 }
 
 export const STATE_DIR = '/run/nettrace/testbed';
@@ -27,10 +31,20 @@ function layout(prefix: string, cni: CniMode = 'flannel-vxlan'): TestbedState {
     prefix,
     nodes: [node(1), node(2)],
     pods: [
-      { name: 'pod-a', netns: `${prefix}pod-a`, ip: '10.244.1.5', node: `${prefix}node1` },
-      { name: 'pod-b', netns: `${prefix}pod-b`, ip: '10.244.2.8', node: `${prefix}node2` },
+      { name: 'pod-a', netns: `${prefix}pod-a`, ip: '10.244.1.5', node: `${prefix}node1`, labels: { app: 'pod-a' } },
+      { name: 'pod-b', netns: `${prefix}pod-b`, ip: '10.244.2.8', node: `${prefix}node2`, labels: { app: 'pod-b' } },
+      // the cluster DNS, on the node pod-a is not on: pod-a's queries cross every step
+      { name: 'dns', netns: `${prefix}dns`, ip: '10.244.2.10', node: `${prefix}node2` },
     ],
-    services: [{ name: 'iperf', clusterIp: '10.96.0.10', port: 5201, endpoints: ['10.244.2.8:5201'] }],
+    services: [
+      { name: 'iperf', clusterIp: '10.96.0.20', port: 5201, endpoints: ['10.244.2.8:5201'] },
+      // kube-dns as kube-proxy writes it: one Service port per protocol
+      { name: 'kube-dns', namespace: 'kube-system', clusterIp: DNS_CLUSTER_IP, port: 53, proto: 'udp', endpoints: ['10.244.2.10:53'] },
+      { name: 'kube-dns-tcp', namespace: 'kube-system', clusterIp: DNS_CLUSTER_IP, port: 53, proto: 'tcp', endpoints: ['10.244.2.10:53'] },
+      // a Service whose selector matches no ready pod: kube-proxy rejects its connections
+      { name: 'web', clusterIp: '10.96.0.80', port: 80, endpoints: [] },
+    ],
+    dns: dnsLayout(prefix, `${prefix}dns`, [`${prefix}pod-a`, `${prefix}pod-b`]),
   };
 }
 
@@ -76,6 +90,8 @@ export function parseState(text: string, prefix: string, file = statePath(prefix
   for (const ns of [...state.nodes.map((n) => n?.netns), ...state.pods.map((p) => p?.netns)]) {
     if (!isNetnsName(ns) || !ns.startsWith(prefix)) throw bad(`names ${JSON.stringify(ns)}, not a namespace of this cluster`);
   }
+  if (!dnsPathsOk(state)) throw bad('names DNS files that are not this cluster\'s');
+  checkCriState(state, bad);
   return state;
 }
 
@@ -90,7 +106,7 @@ function readState(prefix: string): TestbedState | null {
   return parseState(readFileSync(file, 'utf8'), prefix, file);
 }
 
-function writeState(state: TestbedState): void {
+export function writeState(state: TestbedState): void {
   mkdirSync(STATE_DIR, { recursive: true });
   writeFileSync(statePath(state.prefix), JSON.stringify(state, null, 2));
 }
@@ -118,6 +134,7 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedState {
   const state = layout(prefix, cni);
   try {
     MODES[cni].check?.();
+    requireUnbound();
   } catch (err) {
     if (err instanceof NettraceError) throw err;
     throw new NettraceError('TESTBED', `testbed up failed: ${(err as Error).message}`, 'nothing was made');
@@ -132,6 +149,7 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedState {
   try {
     build(state);
     buildMode(state, opts.podMtu);
+    startDns(state, (s) => writeState({ ...s, building: true }));
   } catch (err) {
     testbedDown(prefix);
     if (err instanceof NettraceError && err.code === 'E_TESTBED') throw err;
@@ -164,7 +182,8 @@ function build(state: TestbedState): void {
 export function testbedDown(prefix = ''): string[] {
   const state = readState(checkPrefix(prefix));
   if (!state) return [];
-  const removed: string[] = [];
+  // the runtime's processes live in the nodes' namespaces, its sandboxes in namespaces of their own
+  const removed: string[] = state.cri ? criCleanup(state.cri) : [];
   for (const ns of namespacesOf(state)) {
     if (!netnsExists(ns)) continue;
     // processes inside (a demo's HTTP server, bird) would keep the namespace alive
@@ -180,6 +199,37 @@ export function testbedDown(prefix = ''): string[] {
     removed.push(ns);
   }
   removeBirdFiles(state.nodes.map((n) => n.netns));
+  // after the namespaces' processes are killed: an unbound whose pid up never read can no longer write its pid file
+  stopDns(state.dns);
   rmSync(statePath(prefix), { force: true });
   return removed;
+}
+
+/**
+ * testbedUp, then (with opts.cri) one containerd per node and pods made through its CRI:
+ * default/frontend on node1, default/backend on node2. A failure removes everything up made.
+ */
+export async function testbedUpCri(opts: TestbedOptions = {}): Promise<TestbedState> {
+  if (!opts.cri) return testbedUp(opts);
+  checkCriMode(opts.cni ?? 'flannel-vxlan');
+  requireCriTools();
+  const state = testbedUp(opts);
+  if (state.cri) return state;
+  try {
+    await criUp(state, writeState, opts.podMtu);
+  } catch (err) {
+    if (state.cri) await criStopSandboxes(state.cri).catch(() => undefined);
+    testbedDown(state.prefix);
+    if (err instanceof NettraceError && err.code === 'E_TESTBED') throw err;
+    throw new NettraceError('TESTBED', `testbed up --cri failed: ${(err as Error).message}`, 'nothing was left behind; check containerd runs here (containerd --version) and see the cause above');
+  }
+  writeState(state);
+  return state;
+}
+
+/** testbedDown, after asking each node's containerd to stop and remove its sandboxes. */
+export async function testbedDownCri(prefix = ''): Promise<string[]> {
+  const state = readState(checkPrefix(prefix));
+  if (state?.cri) await criStopSandboxes(state.cri);
+  return testbedDown(prefix);
 }

@@ -1,6 +1,7 @@
 // Discover a node's devices and pods from the node itself (links, addresses, routes), never by name.
+import { spawnSync } from 'node:child_process';
 import { NettraceError } from '../errors';
-import { ipJson, ipJsonAsync } from '../exec';
+import { EXEC_TIMEOUT_MS, ipJson, ipJsonAsync } from '../exec';
 import { detectCni } from './cni';
 import type { ClusterTopology, Device, NodeTopology, Pod } from './model';
 import { ipNs, namedNetns, type NetnsRef } from './netns';
@@ -67,6 +68,28 @@ function podBehind(nodeName: string, hostVeth: Device, link: IpLink, nsNames: Ma
   return { name, node: nodeName, netns, ips, eth: device(nodeName, netns, peer, 'pod', name), hostVeth: { ...hostVeth, pod: name } };
 }
 
+/**
+ * `ip netns list-id` (iproute2 6.1) stops after about 134 entries: a node with more pods has
+ * nsids it leaves out. Those are asked for one by one, in one `ip -batch` run (-force: a pod
+ * gone meanwhile fails its line, not the others).
+ */
+function namesOfMissingNsids(ns: string | null, ids: number[], into: Map<number, string>): void {
+  const wanted = [...new Set(ids)];
+  if (!wanted.length) return;
+  const r = spawnSync('ip', [...(ns ? ['-n', ns] : []), '-j', '-force', '-b', '-'], {
+    input: wanted.map((id) => `netns list-id nsid ${id}\n`).join(''), encoding: 'utf8', timeout: EXEC_TIMEOUT_MS, killSignal: 'SIGKILL',
+  });
+  // one JSON array a line, for each line that worked
+  for (const line of (r.stdout ?? '').split('\n')) {
+    if (!line.startsWith('[')) continue;
+    try {
+      for (const x of JSON.parse(line) as { nsid: number; name?: string }[]) if (x.name) into.set(x.nsid, x.name);
+    } catch {
+      // a line cut short: its pod is left out, as before
+    }
+  }
+}
+
 /** nodeNetns: names of all namespaces acting as nodes, so a veth between two nodes is not taken for a pod. */
 export function discoverNode(netns: NetnsRef, nodeNetns: Set<string> = new Set(), opts: DiscoverOptions = {}): NodeTopology {
   const ns = ipNs(netns);
@@ -74,6 +97,7 @@ export function discoverNode(netns: NetnsRef, nodeNetns: Set<string> = new Set()
   const addrs = ipJson<IpAddr[]>(ns, ['addr', 'show']);
   const routes = ipJson<IpRoute[]>(ns, ['route', 'show']);
   const nsNames = new Map(ipJson<{ nsid: number; name?: string }[]>(ns, ['netns', 'list-id']).filter((x) => x.name).map((x) => [x.nsid, x.name!]));
+  namesOfMissingNsids(ns, links.map((l) => l.link_netnsid).filter((id): id is number => id !== undefined && !nsNames.has(id)), nsNames);
   const kind = (l: IpLink) => l.linkinfo?.info_kind;
   const name = netns.name;
 

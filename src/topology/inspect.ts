@@ -33,9 +33,14 @@ export function checkReach(node: NodeTopology, dst: string): ReachCheck {
   return out;
 }
 
-/** The filter table's DROP and REJECT rules in FORWARD (iptables, nft backend or legacy). */
-export function forwardDropRules(node: NodeTopology): string[] {
+/**
+ * The filter table's DROP and REJECT rules in FORWARD (iptables, nft backend or legacy), and
+ * kube-proxy's REJECTs in KUBE-SERVICES (jumped to from FORWARD: Services without endpoints),
+ * only those for dst when given: a cluster has one per Service without endpoints.
+ */
+export function forwardDropRules(node: NodeTopology, dst?: string): string[] {
   const ns = ipNs(node.netns);
   const out = ns ? run('ip', ['netns', 'exec', ns, 'iptables-save', '-t', 'filter'], { allowFail: true }) : run('iptables-save', ['-t', 'filter'], { allowFail: true });
-  return out.split('\n').filter((l) => /^-A FORWARD\b.*-j (DROP|REJECT)\b/.test(l));
+  return out.split('\n').filter((l) => /^-A FORWARD\b.*-j (DROP|REJECT)\b/.test(l)
+    || (/^-A KUBE-SERVICES\b.*-j REJECT\b/.test(l) && (!dst || l.includes(` -d ${dst}/32 `))));
 }

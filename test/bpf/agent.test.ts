@@ -16,6 +16,10 @@ const NT_F_ENCAP = 1;
 const A = '10.244.1.5';
 const B = '10.244.2.8';
 const ORDERS = Array.from({ length: ORDER.COUNT }, (_, i) => i);
+// struct __sk_buff (linux/bpf.h): its size and where gso_segs and gso_size sit, for a TEST_RUN context
+const SK_BUFF_SIZE = 192;
+const SK_BUFF_GSO_SEGS = 164;
+const SK_BUFF_GSO_SIZE = 176;
 let probe: AgentProbe;
 
 const skip = bpfSkipReason();
@@ -132,7 +136,7 @@ test('a sampled TCP packet becomes one record per hook, with its key, order, hoo
   assert.deepEqual(key(i), key(e));
   assert.equal(probe.lostRecords(), 0);
   // nt_map_fail loads and reads as one count per map
-  assert.deepEqual(probe.mapFailures(), { retransmits: 0, drops: 0 });
+  assert.deepEqual(probe.mapFailures(), { retransmits: 0, drops: 0, dns: 0 });
 });
 
 test('UDP and ICMP echo: ports, and id/seq', { skip }, () => {
@@ -190,4 +194,45 @@ test('sampling off: hops are still timed, no records', { skip }, () => {
 test('program(order) names only the ten hook points', { skip }, () => {
   assert.equal(probe.program(ORDER.POD_INGRESS).name, 'nt_agent_9');
   assert.throws(() => probe.program(ORDER.COUNT), RangeError);
+});
+
+/** Packets and bytes counted per hook order so far. */
+function stepCounts(): { packets: number[]; bytes: number[] } {
+  const packets = new Array<number>(ORDER.COUNT).fill(0);
+  const bytes = new Array<number>(ORDER.COUNT).fill(0);
+  for (const s of probe.steps()) {
+    packets[s.order] = s.packets;
+    bytes[s.order] = s.bytes;
+  }
+  return { packets, bytes };
+}
+
+test('every packet a hook sees is counted with its bytes, timed or not, IP or not; a GSO skb as its segments', { skip }, () => {
+  const before = stepCounts();
+  const tcpPkt = ether(ipv4(A, B, tcp({ seq: 9 }), { id: 0x3009 }));
+  const arp = ether(Buffer.alloc(46, 0xee), { type: 0x0806 });
+  const encap = vxlan(tcpPkt, '192.168.1.101', '192.168.1.102', 42);
+  cross(tcpPkt, ORDER.POD_EGRESS, ORDER.VETH_INGRESS, ORDER.BRIDGE_INGRESS);
+  cross(arp, ORDER.BRIDGE_INGRESS);
+  cross(encap, ORDER.UNDERLAY_EGRESS);
+  // a TSO skb of 3 segments (its struct __sk_buff with gso_segs = 3; TEST_RUN takes at most a page of data)
+  const ctx = Buffer.alloc(SK_BUFF_SIZE);
+  ctx.writeUInt32LE(3, SK_BUFF_GSO_SEGS);
+  ctx.writeUInt32LE(1000, SK_BUFF_GSO_SIZE);
+  const big = ether(ipv4(A, B, tcp({ seq: 10, payload: 1000 * 3 }), { id: 0x300a }));
+  assert.equal(testRun(probe.program(ORDER.TUNNEL_EGRESS).fd, big, 1, ctx).retval, TC_ACT_UNSPEC);
+  const after = stepCounts();
+  const packets = new Array<number>(ORDER.COUNT).fill(0);
+  const bytes = new Array<number>(ORDER.COUNT).fill(0);
+  for (const o of [ORDER.POD_EGRESS, ORDER.VETH_INGRESS]) [packets[o], bytes[o]] = [1, tcpPkt.length];
+  [packets[ORDER.BRIDGE_INGRESS], bytes[ORDER.BRIDGE_INGRESS]] = [2, tcpPkt.length + arp.length];
+  // the underlay counts the outer packet: VXLAN's 50 bytes included
+  [packets[ORDER.UNDERLAY_EGRESS], bytes[ORDER.UNDERLAY_EGRESS]] = [1, tcpPkt.length + 50];
+  [packets[ORDER.TUNNEL_EGRESS], bytes[ORDER.TUNNEL_EGRESS]] = [3, big.length];
+  assert.equal(encap.length, tcpPkt.length + 50);
+  assert.deepEqual(diff(after.packets, before.packets), packets);
+  assert.deepEqual(diff(after.bytes, before.bytes), bytes);
+  // every hook point has its slot, read in one batch
+  assert.deepEqual(probe.steps().map((s) => s.order).sort((a, b) => a - b), ORDERS);
+  records();
 });

@@ -2,10 +2,12 @@
 // Prometheus, spans received over real OTLP/HTTP.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import type { TestbedState } from '../../src/testbed/testbed';
 import { attr, freePort, sample, scrape, startAgent, startOtlpReceiver, startPrometheus, waitFor, type AgentRun } from '../helpers/agent';
-import { NETTRACE, nsExec, nsSpawn, sleep, withTestbed } from '../helpers/cluster';
+import { NETTRACE, nsExec, nsSpawn, ROOT, sleep, withTestbed } from '../helpers/cluster';
 import { needsRoot } from '../helpers/privileged';
 import { metricNames, shippedExpressions } from '../helpers/promql';
 
@@ -38,6 +40,8 @@ function traffic(tb: TestbedState, t: TestContext, seconds = 1): void {
     assert.equal(r.status, 0, r.stdout + r.stderr);
   }
   assert.equal(nsExec(podNs(tb, 'pod-a'), ['ping', '-c', '3', '-i', '0.2', B]).status, 0);
+  // a lookup through the cluster's DNS (the DNS panels and alerts read its series); the answer does not matter
+  if (tb.dns) nsExec(podNs(tb, 'pod-a'), ['getent', 'ahostsv4', `${B.replace(/\./g, '-')}.default.pod.cluster.local`]);
 }
 
 /** Our BPF links by program name (bpftool 7.1 lists tcx links as "type 11" without a device). */
@@ -85,8 +89,51 @@ test('Prometheus scrapes both agents: latency of every step on both nodes; every
   }
   const rules = (await (await fetch(`${prom.url}/api/v1/rules`)).json()) as { data: { groups: { rules: { name: string; health: string }[] }[] } };
   const loaded = rules.data.groups.flatMap((g) => g.rules);
-  assert.equal(loaded.length, 6);
+  assert.equal(loaded.length, readFileSync(path.join(ROOT, 'grafana/alerts.yaml'), 'utf8').match(/- alert: /g)!.length);
   for (const r of loaded) assert.equal(r.health, 'ok', r.name);
+});
+
+test('every packet is counted per step: bytes of an iperf3 transfer at steps 1-9 of both nodes; netfilter rules show kube-proxy\'s', async (t) => {
+  if (!needsRoot(t)) return;
+  const tb = withTestbed(t);
+  const [node1, node2] = tb.nodes.map((n) => n.netns) as [string, string];
+  // no sampling, 1 in 8 timed: the counters must not depend on either
+  const { agents } = await twoAgents(t, tb, ['--sample', '0']);
+  nsSpawn(t, podNs(tb, 'pod-b'), ['iperf3', '-s']);
+  waitIperf(tb);
+  const MB = 1 << 20;
+  const r = nsExec(podNs(tb, 'pod-a'), ['iperf3', '-c', B, '-n', '8M'], 30000);
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+  const [text1, text2] = await Promise.all(agents.map((a) => scrape(a.url)));
+  const step = (text: string, name: string, s: number) => {
+    let sum = 0;
+    for (const line of text.split('\n')) if (line.startsWith(`${name}{`) && line.includes(`step="${s}"`)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+    return sum;
+  };
+  // pod A's 8 MiB leave through steps 1-5 of node1 and arrive through 6-9 of node2 (pod-side hooks of step 9 both count)
+  for (const [text, node, steps] of [[text1!, node1, [1, 2, 3, 4, 5]], [text2!, node2, [6, 7, 8, 9]]] as const) {
+    for (const s of steps) {
+      const bytes = step(text, 'nettrace_step_bytes_total', s);
+      const packets = step(text, 'nettrace_step_packets_total', s);
+      assert.ok(bytes >= 8 * MB, `${node} step ${s}: ${bytes} bytes`);
+      // wire packets: at least one per MSS-sized segment (1398 bytes of payload inside VXLAN's 1450 MTU)
+      assert.ok(packets >= (8 * MB) / 1450, `${node} step ${s}: ${packets} packets`);
+    }
+  }
+  // the underlay carries what flannel.1 sends, plus the VXLAN headers
+  assert.ok(step(text1!, 'nettrace_step_bytes_total', 5) > step(text1!, 'nettrace_step_bytes_total', 4));
+  assert.ok(step(text1!, 'nettrace_step_packets_total', 5) >= step(text1!, 'nettrace_step_packets_total', 4));
+  assert.match(text1!, /^nettrace_step_packets_total\{node="[^"]+",step="5",step_name="encapsulation",device="eth0",hook="egress"\} \d+$/m);
+
+  // the rule count of node1's nat table is kube-proxy's (the testbed's ClusterIP), as iptables-save counts it
+  const rules = (ns: string, tool: string) => nsExec(ns, [tool, '-t', 'nat']).stdout.split('\n').filter((l) => l.startsWith('-A ')).length;
+  const want = rules(node1, 'iptables-save') + rules(node1, 'ip6tables-save');
+  assert.ok(rules(node1, 'iptables-save') >= 3, 'KUBE-SERVICES -> KUBE-SVC -> KUBE-SEP');
+  assert.equal(sample(text1!, 'nettrace_netfilter_rules', { backend: 'iptables', table: 'nat' }), want);
+  // iptables-nft's tables are not counted again under nftables
+  assert.equal(sample(text1!, 'nettrace_netfilter_rules', { backend: 'nftables', table: 'ip nat' }), null);
+  assert.equal(sample(text1!, 'nettrace_netfilter_read_failures_total', { backend: 'iptables' }), 0);
+  assert.equal(sample(text1!, 'nettrace_netfilter_read_failures_total', { backend: 'nftables' }), 0);
 });
 
 test('faults seen through Prometheus: loss on the underlay raises retransmits, a FORWARD DROP raises NETFILTER_DROP at step 4', async (t) => {
@@ -105,7 +152,8 @@ test('faults seen through Prometheus: loss on the underlay raises retransmits, a
   nsExec(podNs(tb, 'pod-a'), ['iperf3', '-c', B, '-t', '2'], 30000);
   nsExec(node1, ['iptables', '-D', ...loss]);
   const re = await waitFor('retransmits of pod-a on node1', async () => {
-    const r = await prom.query(`sum(nettrace_tcp_retransmit_segments_total{node="${node1}", source_pod="${podNs(tb, 'pod-a')}", destination_ip="${B}", destination_port="5201"}) > 0`);
+    // no source of names: pod A by its network namespace; B, on node2, is in the pod network but unnamed
+    const r = await prom.query(`sum(nettrace_tcp_retransmit_segments_total{node="${node1}", source_workload="${podNs(tb, 'pod-a')}", source_pod="${podNs(tb, 'pod-a')}", destination_workload="unknown", destination_port="5201"}) > 0`);
     return r[0];
   });
   const calls = await prom.query(`sum(nettrace_tcp_retransmits_total{node="${node1}", source_pod="${podNs(tb, 'pod-a')}"})`);

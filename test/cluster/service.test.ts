@@ -10,7 +10,7 @@ import { needsRoot } from '../helpers/privileged';
 
 const A = '10.244.1.5';
 const B = '10.244.2.8';
-const VIP = '10.96.0.10';
+const VIP = '10.96.0.20';
 
 test('follow to a ClusterIP: the DNAT on node1 is a hop of its own, the path goes on to pod B; the reply is translated back', async (t) => {
   if (!needsRoot(t)) return;

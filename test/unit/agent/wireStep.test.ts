@@ -121,7 +121,7 @@ function scrape(node: string, wire: WireStep): Promise<string> {
     node, latency: () => [], wireLatency: () => ({ counts: wire.histogram.counts, sumNs: wire.histogram.sumNs }), wireStats: () => wire.stats,
     drops: () => [], retransmits: () => [], lostRecords: () => 0, mapFailures: () => ({ retransmits: 0, drops: 0 }),
     hookLabels: (order) => (order === ORDER.UNDERLAY_INGRESS ? { step: 6, step_name: 'physical network', device: 'eth0', hook: 'ingress' } : null),
-    dropLabels: () => null, dropReason: String, podOf: () => ({ pod: '', ip: '' }),
+    dropLabels: () => null, dropReason: String, addressName: () => ({ namespace: '', workload: 'external', pod: '' }),
   };
   return createMetrics(src).registry.metrics();
 }

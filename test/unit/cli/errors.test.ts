@@ -106,3 +106,11 @@ test('testbed --prefix: no path separators or dot-dot, refused before anything i
     }
   }
 });
+
+test('a reader that goes away (`nettrace --help | true`): exit 141 as SIGPIPE would, no stack trace', () => {
+  // `true` exits at once, long before node has started: the help text meets a closed pipe
+  const s = spawnSync('bash', ['-c', `set -o pipefail; "${process.execPath}" "${MAIN}" --help 2>/tmp/nt-epipe-$$ | true; echo "$?"; cat /tmp/nt-epipe-$$; rm -f /tmp/nt-epipe-$$`], { encoding: 'utf8', timeout: 30_000 });
+  const [code, ...stderr] = s.stdout.split('\n');
+  assert.equal(code, '141', s.stdout);
+  assert.equal(stderr.join('\n').trim(), '', 'nothing on stderr');
+});

@@ -19,7 +19,7 @@ test('diagnose exit codes: 0 healthy, 10 broken, 11 slow', () => {
   assert.equal(diagnosisExitCode(verdict(true, 'none')), 0);
   // healthy where watched, some steps on a node nothing watches: still healthy
   assert.equal(diagnosisExitCode(verdict(true, 'none', { not_watched: { node: 'node2', reason: 'no agent', steps: [6, 7, 8, 9] } })), 0);
-  for (const cause of ['mtu', 'netfilter-drop', 'no-route', 'no-neighbour', 'no-fdb', 'loss'] as const) {
+  for (const cause of ['mtu', 'netfilter-drop', 'no-route', 'no-neighbour', 'no-fdb', 'no-endpoints', 'connection-refused', 'loss'] as const) {
     assert.equal(diagnosisExitCode(verdict(false, cause)), 10, cause);
   }
   assert.equal(diagnosisExitCode(verdict(false, 'delay')), 11);

@@ -241,7 +241,7 @@ test('SpanSink over OTLP/HTTP: packets, the wire, drops and retransmits as spans
 test('a full OTLP queue: the spans the BatchSpanProcessor has no room for are counted in nettrace_agent_spans_dropped_total', async () => {
   const metrics = createMetrics({
     node: NODE, latency: () => [], wireLatency: () => null, drops: () => [], retransmits: () => [], lostRecords: () => 0,
-    mapFailures: () => ({ retransmits: 0, drops: 0 }), hookLabels: () => null, dropLabels: () => null, dropReason: String, podOf: () => ({ pod: '', ip: '' }),
+    mapFailures: () => ({ retransmits: 0, drops: 0 }), hookLabels: () => null, dropLabels: () => null, dropReason: String, addressName: () => ({ namespace: '', workload: 'external', pod: '' }),
   });
   // a collector that never answers: the first batch is out, every later span waits in the queue
   const handed: ReadableSpan[][] = [];
@@ -284,4 +284,45 @@ test('the resource without OTEL_* variables: service.name nettrace-agent, host.n
     if (saved.name !== undefined) process.env.OTEL_SERVICE_NAME = saved.name;
     if (saved.attrs !== undefined) process.env.OTEL_RESOURCE_ATTRIBUTES = saved.attrs;
   }
+});
+
+test('Kubernetes names: the resource has k8s.node.name; spans carry the pod of this node (sender here, else receiver) and the peer', async (t) => {
+  const recv = await startOtlpReceiver(t);
+  const pods: Record<string, { namespace: string; name: string; node: string }> = {
+    '10.244.1.5': { namespace: 'shop', name: 'frontend-7d4b9-x2x7q', node: 'node1' },
+    '10.244.2.8': { namespace: 'db', name: 'redis-0', node: 'node2' },
+  };
+  // as the agent of `node` names addresses: its own pods are local; no source of names knows 10.244.9.9
+  const sinkOn = (node: string) => new SpanSink({
+    endpoint: recv.url, node, k8sNode: `k8s-${node}`, wallNs: wall, hookLabels, dropLabels, dropReason: String, onExport: () => {}, log: () => {},
+    podOf: (ip) => {
+      const p = pods[ip];
+      return { local: p?.node === node, k8s: p ? { namespace: p.namespace, name: p.name } : null };
+    },
+  });
+  const node1 = sinkOn('node1');
+  const node2 = sinkOn('node2');
+  const sent = group([0, 1, 2, 3, ORDER.UNDERLAY_EGRESS].map((o, i) => rec(o, 10_000 * (i + 1), { ip_id: 5100 })));
+  const arrived = group([5, 6, 7, 8, 9].map((o, i) => rec(o, 200_000 + 10_000 * i, { ip_id: 5100, flags: 1 })));
+  const stranger = group([5, 6, 7, 8, 9].map((o, i) => rec(o, 400_000 + 10_000 * i, { ip_id: 5200, flags: 1, saddr: Uint8Array.from([10, 244, 9, 9, ...Array(12).fill(0)]) })));
+  const g = new SampleGrouper();
+  const retrans = g.add(rec(ORDER.NONE, 600_000, { kind: RECORD_KIND.RETRANS, proto: 6, sport: 40000, dport: 5201, seq: 9, gso_segs: 1 })).retransmit!;
+  node1.packet(sent, null);
+  node1.retransmit(retrans);
+  node2.packet(arrived, null);
+  node2.packet(stranger, null);
+  await Promise.all([node1.shutdown(), node2.shutdown()]);
+
+  const names = (s: OtlpSpan) => ['k8s.namespace.name', 'k8s.pod.name', 'nettrace.peer.namespace', 'nettrace.peer.pod'].map((k) => attr(s, k));
+  const on = (node: string) => recv.spans.filter((s) => attr(s, 'nettrace.node') === node);
+  const sender = ['shop', 'frontend-7d4b9-x2x7q', 'db', 'redis-0'];
+  assert.equal(on('node1').length, 7, 'root + steps 1-5 + the retransmit');
+  for (const s of on('node1')) assert.deepEqual(names(s), sender, s.name);
+  const receiving = on('node2').filter((s) => s.traceId === arrived.traceId);
+  assert.equal(receiving.length, 5);
+  for (const s of receiving) assert.deepEqual(names(s), ['db', 'redis-0', 'shop', 'frontend-7d4b9-x2x7q'], s.name);
+  // a peer no source names: this node's pod only
+  for (const s of on('node2').filter((x) => x.traceId === stranger.traceId)) assert.deepEqual(names(s), ['db', 'redis-0', undefined, undefined]);
+  const nodeNames = new Set(recv.resources.map((r) => r.find((a) => a.key === 'k8s.node.name')?.value.stringValue));
+  assert.deepEqual([...nodeNames].sort(), ['k8s-node1', 'k8s-node2']);
 });

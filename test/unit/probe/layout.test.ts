@@ -35,7 +35,7 @@ test('decoding reads every field at its BTF offset, little endian', () => {
 });
 
 test('program and map names: every program, every map, one agent program per hook point', () => {
-  assert.deepEqual(Object.keys(HOP.programs), ['nt_ingress', 'nt_egress', 'nt_drop']);
+  assert.deepEqual(Object.keys(HOP.programs), ['nt_ingress', 'nt_egress', 'nt_ingress_cap', 'nt_egress_cap', 'nt_drop']);
   assert.ok('nt_flows' in HOP.maps && 'nt_records' in HOP.maps && 'nt_lost' in HOP.maps);
   assert.ok('nt_kfree_skb' in AGENT.programs && 'nt_tcp_retransmit' in AGENT.programs && 'nt_lat' in AGENT.maps);
   // kfuncs (extern) are not programs
