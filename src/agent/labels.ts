@@ -72,6 +72,11 @@ export function podNetworks(t: NodeTopology, routes: RouteEntry[]): string[] {
 
 const NAME_CACHE = 4096;
 
+function ipv4Number(ip: string): number {
+  const [a = 0, b = 0, c = 0, d = 0] = ip.split('.').map(Number);
+  return ((a << 24) | (b << 16) | (c << 8) | d) >>> 0;
+}
+
 /**
  * Names addresses for labels and spans: pods of this node first (by their Kubernetes identity when
  * joined, else their network namespace), then the node itself, then what the source of names knows
@@ -84,6 +89,8 @@ export class AddressNames {
   private remote = new Map<string, AddressName>();
   private nodeIps = new Set<string>();
   private nets = new BlockList();
+  /** the IPv4 ones as (base, mask): BlockList.check allocates per call, and a scrape may ask for 200k addresses */
+  private nets4: [number, number][] = [];
   private cache = new Map<string, AddressName>();
 
   /** t: this node (pods' ips as learned so far, k8s when joined); identities, services: the source's, [] without one */
@@ -113,6 +120,7 @@ export class AddressNames {
       }
     }
     this.nets = new BlockList();
+    this.nets4 = [];
     for (const n of networks) {
       const [addr = '', len] = n.split('/');
       const family = isIPv6(addr) ? 'ipv6' : isIPv4(addr) ? 'ipv4' : null;
@@ -120,6 +128,11 @@ export class AddressNames {
       try {
         if (len === undefined) this.nets.addAddress(addr, family);
         else this.nets.addSubnet(addr, Number(len), family);
+        const bits = len === undefined ? 32 : Number(len);
+        if (family === 'ipv4' && bits >= 0 && bits <= 32) {
+          const mask = bits === 0 ? 0 : (0xffffffff << (32 - bits)) >>> 0;
+          this.nets4.push([(ipv4Number(addr) & mask) >>> 0, mask]);
+        }
       } catch {
         // a prefix length out of range: not a route to pods we can use
       }
@@ -143,6 +156,7 @@ export class AddressNames {
     const known = this.remote.get(ip);
     if (known) return known;
     const family = isIPv6(ip) ? 'ipv6' : 'ipv4';
-    return { ...none, workload: this.nets.check(ip, family) ? 'unknown' : 'external' };
+    const inPodNetwork = family === 'ipv4' ? this.nets4.some(([base, mask]) => ((ipv4Number(ip) & mask) >>> 0) === base) : this.nets.check(ip, family);
+    return { ...none, workload: inPodNetwork ? 'unknown' : 'external' };
   }
 }

@@ -237,37 +237,48 @@ export function createMetrics(src: MetricsSource): AgentMetrics {
   // reused, a name learned late, a flow entering or leaving the worst): each scrape adds what a
   // kernel entry gained since the last one to the series its addresses are called now, so what was
   // counted stays where it was counted. Entries: one per kernel map entry (bounded by the map).
-  const seen = new Map<string, { retransmits: number; segments: number }>();
+  const seen = new Map<string, { retransmits: number; segments: number; scrape: number }>();
+  let scrapes = 0;
   const series = new Map<string, RetransmitSeries & { at: number }>();
   // always there, at 0 until the cap is passed: the series exists before the first retransmit
   const rest: RetransmitSeries = {
     labels: { node, source_namespace: '', source_workload: 'other', source_pod: '', destination_namespace: '', destination_workload: 'other', destination_port: 'other' },
     retransmits: 0, segments: 0,
   };
-  const hex = (a: Uint8Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('hex');
+  // a map key per kernel entry, as cheap as a string can be made of its bytes (100k entries a scrape)
+  const bytes = (a: Uint8Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('latin1');
   const readFlows = (): RetransmitSeries[] => {
     const now = Date.now();
+    const scrape = ++scrapes;
     // this scrape's gains, flows of one workload pair added up
     const gains = new Map<string, RetransmitSeries>();
     for (const r of src.retransmits()) {
-      const id = `${r.family} ${hex(r.saddr)} ${hex(r.daddr)} ${r.dport}`;
+      const id = `${r.family}${bytes(r.saddr)}${bytes(r.daddr)}${r.dport}`;
       const before = seen.get(id);
       const retransmits = Math.max(0, r.retransmits - (before?.retransmits ?? 0));
       const segments = Math.max(0, r.segments - (before?.segments ?? 0));
-      seen.set(id, { retransmits: r.retransmits, segments: r.segments });
+      // updated in place: no new object per entry and scrape
+      if (before) {
+        before.retransmits = r.retransmits;
+        before.segments = r.segments;
+        before.scrape = scrape;
+      } else seen.set(id, { retransmits: r.retransmits, segments: r.segments, scrape });
       if (!retransmits && !segments) continue;
       const s = src.addressName(r.family, r.saddr);
       const d = src.addressName(r.family, r.daddr);
-      const labels = {
-        node, source_namespace: s.namespace, source_workload: s.workload, source_pod: s.pod,
-        destination_namespace: d.namespace, destination_workload: d.workload, destination_port: String(r.dport),
-      };
-      const key = JSON.stringify(Object.values(labels));
+      // names never hold a NUL: a cheap key, the labels object only for a new series
+      const key = `${s.namespace}\0${s.workload}\0${s.pod}\0${d.namespace}\0${d.workload}\0${r.dport}`;
       const g = gains.get(key);
       if (g) {
         g.retransmits += retransmits;
         g.segments += segments;
-      } else gains.set(key, { labels, retransmits, segments });
+      } else {
+        const labels = {
+          node, source_namespace: s.namespace, source_workload: s.workload, source_pod: s.pod,
+          destination_namespace: d.namespace, destination_workload: d.workload, destination_port: String(r.dport),
+        };
+        gains.set(key, { labels, retransmits, segments });
+      }
     }
     // bounded cardinality: a new series while there is room (the worst of a scrape first), else "other"
     for (const [key, g] of [...gains].sort((a, b) => b[1].segments - a[1].segments)) {
@@ -278,6 +289,8 @@ export function createMetrics(src: MetricsSource): AgentMetrics {
       into.segments += g.segments;
       if (e) e.at = now;
     }
+    // an entry the kernel map no longer has is forgotten: seen stays the size of the map
+    for (const [id, e] of seen) if (e.scrape !== scrape) seen.delete(id);
     // a series that stopped growing goes after a while (its pods are likely gone): the room is for live ones
     for (const [key, e] of series) if (now - e.at > FLOW_SERIES_IDLE_MS) series.delete(key);
     return [...series.values(), rest];
