@@ -92,6 +92,23 @@ test('retransmits: counters never go down when an address changes name (a pod re
   assert.equal(value(text, 'queue'), 30);
 });
 
+test('retransmits: an entry the kernel map dropped and made again counts from its new value, not from the one it had', async () => {
+  const v4 = (...b: number[]) => Uint8Array.from([...b, ...Array(12).fill(0)]);
+  const flow = (segments: number) => ({ family: 4, saddr: v4(10, 244, 1, 5), daddr: v4(10, 244, 2, 8), sport: 0, dport: 80, retransmits: segments, segments });
+  let flows = [flow(500)];
+  const addressName = () => ({ namespace: 'shop', workload: 'cart', pod: 'cart-1' });
+  const m = createMetrics({ ...source([]), retransmits: () => flows, addressName });
+  const value = async () => Number(/nettrace_tcp_retransmit_segments_total\{[^}]*workload="cart"[^}]*\} (\d+)/.exec(await m.registry.metrics())?.[1] ?? NaN);
+  const pastCache = () => new Promise((r) => setTimeout(r, 600));
+  assert.equal(await value(), 500);
+  await pastCache();
+  flows = []; // the entry is gone from the kernel map
+  assert.equal(await value(), 500);
+  await pastCache();
+  flows = [flow(20)]; // and back, counting again from 0
+  assert.equal(await value(), 520);
+});
+
 test('silent losses are series from the start: full kernel maps and OTLP queue overflow at 0, then what was lost', async () => {
   let failures = { retransmits: 0, drops: 0 };
   const m = createMetrics({ ...source([]), mapFailures: () => failures });
