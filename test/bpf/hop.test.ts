@@ -5,11 +5,11 @@ import { randomBytes } from 'node:crypto';
 import { after, before, test } from 'node:test';
 import { testRun } from '../../src/libbpf';
 import { HopProbe } from '../../src/probe/hop';
-import { decodeHopRecord, type HopRecord } from '../../src/probe/layout.generated';
+import type { HopRecord } from '../../src/probe/layout.generated';
 import { ether, ipBytes, ipip, ipv4, ipv6, vxlan } from '../helpers/packets';
+import { runHop, TC_ACT_UNSPEC } from '../helpers/hopRun';
 import { bpfSkipReason } from '../helpers/privileged';
 
-const TC_ACT_UNSPEC = -1;
 const A = '10.244.1.5';
 const B = '10.244.2.8';
 const A6 = 'fd00:244:1::5';
@@ -32,17 +32,7 @@ before(() => {
 
 after(() => probe?.close());
 
-/** Runs the packet through both programs; asserts it passed unchanged; returns what was recorded. */
-function run(pkt: Buffer): HopRecord[] {
-  const out: HopRecord[] = [];
-  for (const prog of [probe.ingress, probe.egress]) {
-    const r = testRun(prog.fd, pkt);
-    assert.equal(r.retval, TC_ACT_UNSPEC, 'the program must never decide a packet\'s fate');
-    assert.ok(r.dataOut.equals(pkt), 'the packet must pass unchanged');
-  }
-  probe.drain((v, o) => out.push(decodeHopRecord(v, o)));
-  return out;
-}
+const run = (pkt: Buffer): HopRecord[] => runHop(probe, pkt);
 
 const tcp = (over: object = {}) => ({ proto: 'tcp' as const, sport: 40000, dport: 80, seq: 1000, ack: 77, payload: 100, ...over });
 

@@ -3,13 +3,12 @@
 // and an error for another port is not.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { testRun } from '../../src/libbpf';
 import { HopProbe } from '../../src/probe/hop';
-import { decodeHopRecord, type HopRecord } from '../../src/probe/layout.generated';
+import type { HopRecord } from '../../src/probe/layout.generated';
 import { ether, ipBytes, ipv4 } from '../helpers/packets';
+import { runHop } from '../helpers/hopRun';
 import { bpfSkipReason } from '../helpers/privileged';
 
-const TC_ACT_UNSPEC = -1;
 const A = '10.244.1.5';
 const B = '10.244.2.8';
 let probe: HopProbe;
@@ -24,16 +23,7 @@ before(() => {
 
 after(() => probe?.close());
 
-function run(pkt: Buffer): HopRecord[] {
-  const out: HopRecord[] = [];
-  for (const prog of [probe.ingress, probe.egress]) {
-    const r = testRun(prog.fd, pkt);
-    assert.equal(r.retval, TC_ACT_UNSPEC, 'the program must never decide a packet\'s fate');
-    assert.ok(r.dataOut.equals(pkt), 'the packet must pass unchanged');
-  }
-  probe.drain((v, o) => out.push(decodeHopRecord(v, o)));
-  return out;
-}
+const run = (pkt: Buffer): HopRecord[] => runHop(probe, pkt);
 
 /** B's kernel answering A's datagram to dport: type 3 (unreachable) code 3 (port), quoting its IPv4 header and UDP header. */
 function portUnreachable(dport: number, type = 3): Buffer {
