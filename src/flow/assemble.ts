@@ -127,6 +127,20 @@ function wireOnly(q: Pending): boolean {
     && q.hops.length === UNDERLAY_INGRESS + 1 && q.hops[UNDERLAY_INGRESS] !== undefined;
 }
 
+/**
+ * q carries segments of the skb s sent, not of another transmission of the same bytes (a
+ * retransmission): the kernel numbers a GSO skb's segments with consecutive IPv4 IDs from the
+ * skb's own (GRO keeps the first), and a retransmission takes new ones. So the ID ranges
+ * [id, id + segments) of both intersect (mod 2^16). IPv6 has no ID (0 in both): every q matches.
+ */
+function sameSend(s: Pending, q: Pending): boolean {
+  const a = s.first.ip_id;
+  const n = Math.max(1, s.srcSegs || s.first.gso_segs);
+  const b = q.first.ip_id;
+  const m = Math.max(1, q.first.gso_segs);
+  return ((b - a) & 0xffff) < n || ((a - b) & 0xffff) < m;
+}
+
 type Direction = 'request' | 'reply';
 
 export class PathAssembler {
@@ -532,7 +546,8 @@ export class PathAssembler {
     for (const d of sp.links) {
       const a = seqDiff(d.span!.seq, sp.seq);
       if (a > 0 || a + d.span!.len <= 0) continue;
-      const rank = (x: Pending) => (x.hops[FINAL_ORDER] !== undefined && !x.kernelDrop ? 100 : 0) + (lastHop(x)?.order ?? 0);
+      // its own segments before another transmission's of the same bytes
+      const rank = (x: Pending) => (sameSend(s, x) ? 1000 : 0) + (x.hops[FINAL_ORDER] !== undefined && !x.kernelDrop ? 100 : 0) + (lastHop(x)?.order ?? 0);
       if (!dest || rank(d) > rank(dest)) dest = d;
     }
     return dest;
@@ -584,7 +599,7 @@ export class PathAssembler {
     const sp = p.span!;
     const found: Pending[] = [];
     const take = (q: Pending) => {
-      if (q !== p && wireOnly(q) && overlap(sp, q.span!) > 0 && !found.includes(q)) found.push(q);
+      if (q !== p && wireOnly(q) && overlap(sp, q.span!) > 0 && sameSend(p, q) && !found.includes(q)) found.push(q);
     };
     if (sp.side === 'source') for (const q of sp.links) take(q);
     sp.flow.overlapping('destination', sp, take);
@@ -631,13 +646,16 @@ export class PathAssembler {
   private buildLinked(s: Pending, complete: boolean, drop: PacketPath['drop']): PacketPath {
     const sp = s.span!;
     const dest = this.firstDest(s);
-    const one = sp.links.length === 1 ? sp.links[0]!.span! : null;
+    // what this transmission became, not a retransmission's copies of the same bytes
+    const own = sp.links.filter((d) => sameSend(s, d));
+    const links = own.length > 0 ? own : sp.links;
+    const one = links.length === 1 ? links[0]!.span! : null;
     const same = one !== null && one.seq === sp.seq && one.len === sp.len;
     const segments = same ? undefined : {
       sent: Math.max(1, s.first.gso_segs),
-      received_as: sp.links.length,
-      node: lastHop(dest ?? sp.links[0]!)?.device.node ?? '',
-      merged: sp.links.some((d) => {
+      received_as: links.length,
+      node: lastHop(dest ?? links[0]!)?.device.node ?? '',
+      merged: links.some((d) => {
         const a = seqDiff(d.span!.seq, sp.seq);
         return a < 0 || a + d.span!.len > sp.len;
       }),

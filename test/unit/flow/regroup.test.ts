@@ -168,6 +168,34 @@ test('a wire skb lost (4 of 5 came): after the grace time, complete through flan
   }
 });
 
+test('the same bytes sent again (a spurious retransmission, new IP IDs): each transmission counts its own wire skbs, in any arrival order', () => {
+  // measured on a loaded machine: node2's stream was ahead, so the first skb's path was built after the
+  // second's wire skbs came, and said "46 segments -> 92"
+  const again: Skb = { ...BIG, ipId: 900 };
+  const againWire = [0, 1, 2, 3, 4].map((i) => wire({ seq: S + i * SEG, len: SEG, ipId: 900 + i, segs: 1 }, 6000 + i * 100));
+  const againSent = sent(again, 5000);
+  const againMerged = decap(again, 6500);
+  const orders: [string, HopRecord[]][] = [
+    ['in time order', [...SENT, ...WIRE_RECS, ...MERGED, ...againSent, ...againWire, ...againMerged]],
+    ['receiver ahead', [...WIRE_RECS, ...MERGED, ...againWire, ...againMerged, ...SENT, ...againSent]],
+    ...Array.from({ length: 30 }, (_, i): [string, HopRecord[]] => [`interleaved ${i}`,
+      interleave([[...SENT, ...againSent], [...WIRE_RECS, ...MERGED, ...againWire, ...againMerged]], seeded(300 + i))]),
+  ];
+  for (const [label, recs] of orders) {
+    const { a } = assembler();
+    const out = [...feed(a, recs), ...a.expire(true)].filter((p) => p.packet.ip_id === I || p.packet.ip_id === 900);
+    const byId = (id: number) => out.filter((p) => p.packet.ip_id === id);
+    for (const [id, step6] of [[I, 2000], [900, 6000]] as const) {
+      const [p, ...more] = byId(id);
+      assert.equal(more.length, 0, `${label}: one path for ip-id ${id}`);
+      assert.ok(p, `${label}: a path for ip-id ${id}`);
+      assert.equal(p.complete, true, label);
+      assert.equal(p.steps.find((h) => h.step === 6)?.ts_ns, step6, `${label}: ip-id ${id}'s step 6 is its own wire skb`);
+      assert.deepEqual(p.packet.segments, { sent: 5, received_as: 5, node: 'node2', merged: false }, `${label}: ip-id ${id}`);
+    }
+  }
+});
+
 test('no underlay ingress record at all: held for the grace time, then complete without step 6, as before', () => {
   const { a, clock } = assembler(500);
   assert.deepEqual(feed(a, [...SENT, ...MERGED]), []);
