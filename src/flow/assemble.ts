@@ -137,7 +137,8 @@ function sameSend(s: Pending, q: Pending): boolean {
   const a = s.first.ip_id;
   const n = Math.max(1, s.srcSegs || s.first.gso_segs);
   const b = q.first.ip_id;
-  const m = Math.max(1, q.first.gso_segs);
+  // a merged skb whose segment count we were not told holds about as many as its bytes make in s's segments
+  const m = Math.max(1, q.first.gso_segs, Math.ceil(q.first.payload_len / Math.max(1, Math.ceil(s.first.payload_len / n))));
   return ((b - a) & 0xffff) < n || ((a - b) & 0xffff) < m;
 }
 
