@@ -26,7 +26,8 @@ export interface MetricsSource {
     arrivalsPaired: number; arrivalsUnpaired: number; clamped: number;
   };
   drops(): DropCount[];
-  retransmits(): RetransmitCount[];
+  /** read as it is iterated: an entry's object (and its address bytes) may be reused for the next */
+  retransmits(): Iterable<RetransmitCount>;
   lostRecords(): number;
   /** every packet and byte each hook point saw, since load */
   steps?(): StepCount[];
@@ -253,7 +254,7 @@ export function createMetrics(src: MetricsSource): AgentMetrics {
     // this scrape's gains, flows of one workload pair added up
     const gains = new Map<string, RetransmitSeries>();
     for (const r of src.retransmits()) {
-      const id = `${r.family}${bytes(r.saddr)}${bytes(r.daddr)}${r.dport}`;
+      const id = r.id ?? `${r.family}${bytes(r.saddr)}${bytes(r.daddr)}${r.dport}`;
       const before = seen.get(id);
       const retransmits = Math.max(0, r.retransmits - (before?.retransmits ?? 0));
       const segments = Math.max(0, r.segments - (before?.segments ?? 0));

@@ -63,33 +63,38 @@ export class BpfMap {
     return { keys: Buffer.concat(keyParts), values: Buffer.concat(valueParts), count };
   }
 
-  /** Every entry, a batch at a time: fn sees `got` entries in buffers it must not keep (they are reused). */
-  lookupChunks(fn: (keys: Buffer, values: Buffer, got: number) => void, entryValueSize = this.valueSize, chunk = 4096): void {
-    this.assertOpen();
+  /**
+   * Every entry, a batch at a time, for a loop that yields as it goes: each batch's buffers are
+   * reused by the next one, so nothing of a batch may be kept past it.
+   */
+  *batches(entryValueSize = this.valueSize, chunk = 4096): Generator<{ keys: Buffer; values: Buffer; got: number }> {
+    // a read of the same map while this one is suspended gets buffers of its own
     const slots = Math.max(1, Math.min(chunk, this.maxEntries));
-    // a read from inside fn (the same map read again) gets buffers of its own
+    this.assertOpen();
     const own = this.reading ? null : this.batchBuffers(entryValueSize, slots);
     const { keys, values, inBatch, outBatch } = own ?? this.allocBatch(entryValueSize, slots);
     if (own) this.reading = true;
     try {
-      this.readBatches(fn, keys, values, inBatch, outBatch, slots);
+      let first = true;
+      for (;;) {
+        this.assertOpen();
+        const n = [slots];
+        const ret = c.bpf_map_lookup_batch(this.fd, first ? null : inBatch, outBatch, keys, values, n, null) as number;
+        const got = n[0] ?? 0;
+        if (ret < 0 && ret !== -ENOENT) throw new LibbpfError('map', `batch lookup of map ${this.name}`, ret);
+        if (got) yield { keys, values, got };
+        if (ret === -ENOENT) break;
+        outBatch.copy(inBatch);
+        first = false;
+      }
     } finally {
       if (own) this.reading = false;
     }
   }
 
-  private readBatches(fn: (keys: Buffer, values: Buffer, got: number) => void, keys: Buffer, values: Buffer, inBatch: Buffer, outBatch: Buffer, chunk: number): void {
-    let first = true;
-    for (;;) {
-      const n = [chunk];
-      const ret = c.bpf_map_lookup_batch(this.fd, first ? null : inBatch, outBatch, keys, values, n, null) as number;
-      const got = n[0] ?? 0;
-      if (ret < 0 && ret !== -ENOENT) throw new LibbpfError('map', `batch lookup of map ${this.name}`, ret);
-      if (got) fn(keys, values, got);
-      if (ret === -ENOENT) break;
-      outBatch.copy(inBatch);
-      first = false;
-    }
+  /** Every entry, a batch at a time: fn sees `got` entries in buffers it must not keep (they are reused). */
+  lookupChunks(fn: (keys: Buffer, values: Buffer, got: number) => void, entryValueSize = this.valueSize, chunk = 4096): void {
+    for (const b of this.batches(entryValueSize, chunk)) fn(b.keys, b.values, b.got);
   }
 
   private batchBuffers(entryValueSize: number, chunk: number): { keys: Buffer; values: Buffer; inBatch: Buffer; outBatch: Buffer } {

@@ -42,6 +42,8 @@ export interface DropCount {
 }
 
 export interface RetransmitCount {
+  /** the kernel entry's key bytes (latin1): one string per entry, cheaper than one made of its fields */
+  id?: string;
   family: number;
   saddr: Uint8Array;
   daddr: Uint8Array;
@@ -191,26 +193,27 @@ export class AgentProbe {
    * Retransmits by (source, destination, port): the kernel keys them without the source port.
    * Read a batch at a time, so 100k flows in the map do not mean 100k objects at once.
    */
-  retransmits(): RetransmitCount[] {
+  *retransmits(): Generator<RetransmitCount> {
     const map = this.obj.map(M.nt_retrans);
     const K = RETRANS_KEY_FIELDS;
     const V = RETRANS_VALUE_FIELDS;
-    const out: RetransmitCount[] = [];
-    map.lookupChunks((keys, values, got) => {
+    // one object for every entry, its address views into the batch buffer: 100k entries in the map make
+    // no garbage that lives past a young-generation collection (the caller keeps nothing of it)
+    const e: RetransmitCount = { id: '', family: 0, saddr: new Uint8Array(0), daddr: new Uint8Array(0), dport: 0, retransmits: 0, segments: 0 };
+    for (const { keys, values, got } of map.batches()) {
       for (let i = 0; i < got; i++) {
         const k = i * map.keySize;
         const v = i * map.valueSize;
-        out.push({
-          family: keys.readUInt8(k + K.family.offset),
-          saddr: Uint8Array.from(keys.subarray(k + K.saddr.offset, k + K.saddr.offset + K.saddr.length)),
-          daddr: Uint8Array.from(keys.subarray(k + K.daddr.offset, k + K.daddr.offset + K.daddr.length)),
-          dport: keys.readUInt16LE(k + K.dport.offset),
-          retransmits: Number(values.readBigUInt64LE(v + V.retransmits.offset)),
-          segments: Number(values.readBigUInt64LE(v + V.segments.offset)),
-        });
+        e.id = keys.toString('latin1', k, k + map.keySize);
+        e.family = keys.readUInt8(k + K.family.offset);
+        e.saddr = keys.subarray(k + K.saddr.offset, k + K.saddr.offset + K.saddr.length);
+        e.daddr = keys.subarray(k + K.daddr.offset, k + K.daddr.offset + K.daddr.length);
+        e.dport = keys.readUInt16LE(k + K.dport.offset);
+        e.retransmits = Number(values.readBigUInt64LE(v + V.retransmits.offset));
+        e.segments = Number(values.readBigUInt64LE(v + V.segments.offset));
+        yield e;
       }
-    });
-    return out;
+    }
   }
 
   mapFailures(): MapFailures {
