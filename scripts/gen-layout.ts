@@ -218,7 +218,8 @@ function read(f: Field): string {
     case 'u32': return `v.getUint32(${at}, true)`;
     // ns since boot: exact below 2^53 (104 days of uptime), then to within a few ns
     case 'u64': return `v.getUint32(${at}, true) + v.getUint32(${at} + 4, true) * 4294967296`;
-    case 'bytes': return `b.slice(${at}, ${at} + ${f.length})`;
+    // an address: an IPv4 one (the 12 bytes after it zero) is shared, not copied, per record
+    case 'bytes': return f.length === 16 ? `addr16(v, b, ${at})` : `b.slice(${at}, ${at} + ${f.length})`;
     default: throw new Error(`no decoder for ${f.kind} (${f.name})`);
   }
 }
@@ -233,6 +234,21 @@ function renderDecoder(layout: Layout): string {
     '// byte view of the last DataView decoded from: one view per ring, not one per record',
     'let lastView: DataView | null = null;',
     'let lastBytes: Uint8Array = new Uint8Array(0);',
+    '',
+    '// IPv4 addresses seen, by value: a record\'s address arrays are shared between records, never',
+    '// written to; a flow has a handful, so a bound that is never reached on one flow',
+    'const v4 = new Map<number, Uint8Array>();',
+    'function addr16(v: DataView, b: Uint8Array, at: number): Uint8Array {',
+    '  if (v.getUint32(at + 4, true) !== 0 || v.getUint32(at + 8, true) !== 0 || v.getUint32(at + 12, true) !== 0) return b.slice(at, at + 16);',
+    '  const w = v.getUint32(at, true);',
+    '  let a = v4.get(w);',
+    '  if (!a) {',
+    '    if (v4.size >= 4096) v4.clear();',
+    '    a = b.slice(at, at + 16);',
+    '    v4.set(w, a);',
+    '  }',
+    '  return a;',
+    '}',
     '',
     'export function decodeHopRecord(v: DataView, o: number): HopRecord {',
     '  if (v !== lastView) {',

@@ -10,6 +10,7 @@ import type { FlowSpec } from './spec';
 import { addrString } from '../probe/addr';
 import { type ByteRange, covers, FlowRanges, overlap, seqDiff } from './byteRanges';
 import { AddrText, tcpFlags } from './headerText';
+import { PacketTable } from './packetTable';
 
 interface Seen {
   order: number;
@@ -22,7 +23,7 @@ interface Seen {
 }
 
 interface Pending {
-  key: string;
+  /** its identity (src/flow/packetTable.ts): the first record of the packet that came */
   first: HopRecord;
   kernelDrop?: { reason: string; device: string | null };
   direction: 'request' | 'reply';
@@ -86,10 +87,6 @@ interface Place {
 /** devices by netns inode, then ifindex: numbers, no key string per record */
 type DeviceTable = Map<number, Map<number, Where>>;
 
-/** What the packet carries unchanged across every hop of both nodes (not skb->hash nor tstamp). */
-export function packetKey(r: HopRecord): string {
-  return `${r.flow_id}/${r.direction}/${r.ip_id}/${r.sport}/${r.dport}/${r.seq}/${r.ack}/${r.ip_len}`;
-}
 
 /** A node of the path that sends us no records (no agent there, or nettrace runs on one node alone). */
 export interface Unwatched {
@@ -147,7 +144,7 @@ type Direction = 'request' | 'reply';
 export class PathAssembler {
   private readonly devices: DeviceTable = new Map();
   private readonly devicesByNode = new Map<string, DeviceTable>();
-  private readonly pending = new Map<string, Pending>();
+  private readonly pending = new PacketTable<Pending>();
   private readonly podIps = new Map<string, Set<string>>();
   /** pods' Kubernetes identities (joined from a source of names), by the pod's netns name and by IP */
   private readonly podRefs = new Map<string, PodRef>();
@@ -164,6 +161,8 @@ export class PathAssembler {
   /** paths completed together with another one by add(), handed out by the next expire() */
   private readonly ready: PacketPath[] = [];
   private readonly addrText = new AddrText();
+  private readonly addrTexts = new Map<Uint8Array, string>();
+  private readonly skippedCache = new Map<string, NonNullable<PacketPath['skipped']>>();
   private readonly now: () => number;
 
   constructor(private readonly flow: FlowSpec, topology: ClusterTopology, private readonly opts: AssemblerOptions) {
@@ -272,18 +271,17 @@ export class PathAssembler {
     const device = w.device;
     const side = point.side;
     // a pod-side device belongs to the path only for the pod at that end
-    if (device.pod && !this.podIps.get(device.pod)?.has(addrString(side === 'source' ? r.saddr : r.daddr, r.family))) return out;
-    const key = packetKey(r);
+    if (device.pod && !this.podIps.get(device.pod)?.has(this.addrOf(side === 'source' ? r.saddr : r.daddr, r.family))) return out;
     const now = this.now();
     let wire = false;
-    let p = this.pending.get(key);
+    let p = this.pending.get(r);
     if (!p) {
       // every field set here, in one order: one object shape for all entries
       p = {
-        key, first: r, kernelDrop: undefined, direction, hops: [], lastSeenMs: now, srcNode: undefined, hasDst: false, ended: false, done: false,
+        first: r, kernelDrop: undefined, direction, hops: [], lastSeenMs: now, srcNode: undefined, hasDst: false, ended: false, done: false,
         span: undefined, held: false, srcSegs: 0,
       };
-      this.pending.set(key, p);
+      this.pending.add(p);
       if (this.cross && r.proto === 6 && r.payload_len > 0) {
         this.index(p, side, r);
         // a wire skb may hold the missing bytes of a path held for its step 6
@@ -351,8 +349,7 @@ export class PathAssembler {
 
   /** The kernel freed a packet of the flow: its path ends here, with the kernel's reason. */
   private dropped(r: HopRecord, node: string | undefined, out: PacketPath[]): void {
-    const key = packetKey(r);
-    const p = this.pending.get(key);
+    const p = this.pending.get(r);
     if (!p) return; // died before the first hook: nothing to place it on
     // freed after it reached the pod (no socket took it, or a raw socket had a copy): the path is whole
     if (p.hops[FINAL_ORDER] !== undefined || p.held) return;
@@ -418,7 +415,7 @@ export class PathAssembler {
 
   private finish(p: Pending): void {
     p.done = true;
-    if (this.pending.get(p.key) === p) this.pending.delete(p.key);
+    this.pending.delete(p);
     const sp = p.span;
     if (p.held) {
       p.held = false;
@@ -689,43 +686,84 @@ export class PathAssembler {
       prev = h.ts;
       return view;
     });
-    const src = addrString(r.saddr, r.family);
-    const dst = addrString(r.daddr, r.family);
+    const src = this.addrOf(r.saddr, r.family);
+    const dst = this.addrOf(r.daddr, r.family);
     const f = this.flow;
     const packet: PacketPath['packet'] = {
       src, sport: r.proto === 1 || r.proto === 58 ? 0 : r.sport, dst, dport: icmpError(r) ? 0 : r.dport,
       ip_id: r.ip_id, len: r.ip_len, payload_len: r.payload_len, gso_segs: Math.max(1, r.gso_segs),
     };
-    if (r.proto === 6) Object.assign(packet, { seq: r.seq, ack: r.ack, tcp_flags: tcpFlags(r.tcp_flags) });
+    if (r.proto === 6) {
+      packet.seq = r.seq;
+      packet.ack = r.ack;
+      packet.tcp_flags = tcpFlags(r.tcp_flags);
+    }
     // an error's ports are those it quotes (bpf/parse.h), not an echo id: only its type is shown
     if (icmpError(r)) packet.icmp_type = r.icmp_type;
-    else if (r.proto === 1 || r.proto === 58) Object.assign(packet, { icmp_type: r.icmp_type, icmp_id: r.sport, icmp_seq: r.seq });
+    else if (r.proto === 1 || r.proto === 58) {
+      packet.icmp_type = r.icmp_type;
+      packet.icmp_id = r.sport;
+      packet.icmp_seq = r.seq;
+    }
     // the regrouping at step 6 when the wire skbs had their own boundaries, else the one the linked destination entries show
     const segments = wire ? wire.segments : x.segments;
     if (segments) packet.segments = segments;
     const last = hops[hops.length - 1];
     // a Service's DNAT (or the reply's reverse NAT) shows as the addresses changing between two hops
-    const translations = hops.slice(1).flatMap((h, i) => (h.addrs === hops[i]!.addrs ? [] : [{
-      node: h.device.node, after: `${hops[i]!.device.name} ${hops[i]!.hook}`, before_step: h.step, from: hops[i]!.addrs, to: h.addrs,
-    }]));
-    const skipped = [...new Set(hops.map((h) => h.device.node))].flatMap((node) => {
-      const side = this.sideOf[p.direction].get(node);
-      return side ? skippedSteps(side, this.roles.get(node) ?? new Set()).map((s) => ({ step: s.step, name: STEP_NAMES[s.step] ?? '', node, reason: s.reason })) : [];
-    });
+    let translations: NonNullable<PacketPath['translations']> | undefined;
+    for (let i = 1; i < hops.length; i++) {
+      const h = hops[i]!;
+      const before = hops[i - 1]!;
+      if (h.addrs === before.addrs) continue;
+      (translations ??= []).push({ node: h.device.node, after: `${before.device.name} ${before.hook}`, before_step: h.step, from: before.addrs, to: h.addrs });
+    }
+    const skipped = this.skippedOn(p.direction, hops);
     const drop: PacketPath['drop'] = x.drop !== undefined ? x.drop : complete || !last ? null : this.stopped(last, p.kernelDrop);
-    return {
-      flow: { src: f.src, sport: f.sport, dst: f.dst, dport: f.dport, proto: f.proto },
-      direction: p.direction,
-      packet,
-      steps,
-      ...(skipped.length ? { skipped } : {}),
-      ...(translations.length ? { translations } : {}),
-      total_ns: steps.reduce((s, h) => s + h.latency_ns, 0),
-      complete,
-      drop,
-      ...(x.notWatched ? { not_watched: x.notWatched } : {}),
-      ...(this.podRefs.size ? { pods: this.flowPods(hops) } : {}),
-    };
+    let total = 0;
+    for (const h of steps) total += h.latency_ns;
+    // fields in this order (JSON lines print them so); the optional ones only when there is something
+    const out = { flow: { src: f.src, sport: f.sport, dst: f.dst, dport: f.dport, proto: f.proto }, direction: p.direction, packet, steps } as PacketPath;
+    if (skipped.length) out.skipped = skipped.map((k) => ({ ...k }));
+    if (translations) out.translations = translations;
+    out.total_ns = total;
+    out.complete = complete;
+    out.drop = drop;
+    if (x.notWatched) out.not_watched = x.notWatched;
+    if (this.podRefs.size) out.pods = this.flowPods(hops);
+    return out;
+  }
+
+  /** An address's text, once per address: IPv4 address arrays are shared between records (the decoder's). */
+  private addrOf(a: Uint8Array, family: number): string {
+    let t = this.addrTexts.get(a);
+    if (t === undefined) {
+      if (this.addrTexts.size >= 4096) this.addrTexts.clear();
+      this.addrTexts.set(a, (t = addrString(a, family)));
+    }
+    return t;
+  }
+
+  /** The steps the nodes of these hops do not have (their CNI mode), the same for every path of a direction and nodes. */
+  private skippedOn(direction: Direction, hops: Seen[]): NonNullable<PacketPath['skipped']> {
+    let key: string = direction;
+    let lastNode = '';
+    const nodes: string[] = [];
+    for (const h of hops) {
+      if (h.device.node === lastNode || nodes.includes(h.device.node)) continue;
+      lastNode = h.device.node;
+      nodes.push(lastNode);
+      key += `\0${lastNode}`;
+    }
+    let s = this.skippedCache.get(key);
+    if (!s) {
+      s = nodes.flatMap((node) => {
+        const side = this.sideOf[direction].get(node);
+        return side ? skippedSteps(side, this.roles.get(node) ?? new Set()).map((k) => ({ step: k.step, name: STEP_NAMES[k.step] ?? '', node, reason: k.reason })) : [];
+      });
+      if (this.skippedCache.size >= 64) this.skippedCache.clear();
+      this.skippedCache.set(key, s);
+    }
+    return s;
   }
 
   /** The flow's two pods by name; a Service's end is the pod the path reached, if it reached one. */

@@ -44,10 +44,17 @@ export class WallClock {
 
 /** Wall-clock ns as ISO 8601 in UTC with microseconds: 2026-11-29T14:04:05.123456Z. */
 export function isoMicros(wallNs: bigint): string {
-  const ms = wallNs / 1_000_000n;
-  const micros = (wallNs / 1000n) % 1_000_000n;
-  return new Date(Number(ms)).toISOString().replace(/\.\d{3}Z$/, `.${String(micros).padStart(6, '0')}Z`);
+  const sec = wallNs / 1_000_000_000n;
+  const micros = Math.floor(Number(wallNs - sec * 1_000_000_000n) / 1000);
+  // every hop of a path, and most paths of a second, share the date and time: formatted once a second
+  if (sec !== isoSecond) {
+    isoSecond = sec;
+    isoPrefix = new Date(Number(sec) * 1000).toISOString().slice(0, 19);
+  }
+  return `${isoPrefix}.${String(micros).padStart(6, '0')}Z`;
 }
+let isoSecond = -1n;
+let isoPrefix = '';
 
 /**
  * Gives each hop its wall-clock time (HopView.time) from its ts_ns, which is on the monotonic

@@ -256,6 +256,21 @@ export interface HopRecord {
 let lastView: DataView | null = null;
 let lastBytes: Uint8Array = new Uint8Array(0);
 
+// IPv4 addresses seen, by value: a record's address arrays are shared between records, never
+// written to; a flow has a handful, so a bound that is never reached on one flow
+const v4 = new Map<number, Uint8Array>();
+function addr16(v: DataView, b: Uint8Array, at: number): Uint8Array {
+  if (v.getUint32(at + 4, true) !== 0 || v.getUint32(at + 8, true) !== 0 || v.getUint32(at + 12, true) !== 0) return b.slice(at, at + 16);
+  const w = v.getUint32(at, true);
+  let a = v4.get(w);
+  if (!a) {
+    if (v4.size >= 4096) v4.clear();
+    a = b.slice(at, at + 16);
+    v4.set(w, a);
+  }
+  return a;
+}
+
 export function decodeHopRecord(v: DataView, o: number): HopRecord {
   if (v !== lastView) {
     lastView = v;
@@ -268,8 +283,8 @@ export function decodeHopRecord(v: DataView, o: number): HopRecord {
     ifindex: v.getUint32(o + 12, true),
     flow_id: v.getUint32(o + 16, true),
     skb_len: v.getUint32(o + 20, true),
-    saddr: b.slice(o + 24, o + 24 + 16),
-    daddr: b.slice(o + 40, o + 40 + 16),
+    saddr: addr16(v, b, o + 24),
+    daddr: addr16(v, b, o + 40),
     sport: v.getUint16(o + 56, true),
     dport: v.getUint16(o + 58, true),
     seq: v.getUint32(o + 60, true),
