@@ -1,7 +1,6 @@
 // make bench: overhead of nettrace on pod-to-pod traffic, per-run cost of the hop program, and
 // decode speed, each against a baseline measured in the same run (these machines are noisy).
-import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { viewCluster } from '../src/session/cluster';
 import { startFollow } from '../src/session/follow';
 import { parseFlowSpec } from '../src/flow/spec';
@@ -19,6 +18,7 @@ import { allDevices } from '../src/topology/model';
 import { namedNetns } from '../src/topology/netns';
 import { ipBytes, ether, ipv4 } from '../test/helpers/packets';
 import { agentMemory, agentPerRun, agentThroughput, attachTime, deletePods } from './agent';
+import { withProgramStats } from './bpfStats';
 import { remoteBench } from './remote';
 import { soak } from './soak';
 
@@ -124,43 +124,21 @@ async function throughput(nodes: string[], podA: string): Promise<void> {
   console.log(`  empty programs / no programs:                ${(med.empty / med.none).toFixed(3)}`);
 }
 
-/** Our programs' run counts and run time (kernel.bpf_stats_enabled), by program name and id. */
-function progStats(): Map<string, { runs: number; ns: number }> {
-  const r = spawnSync('bpftool', ['-j', 'prog', 'show'], { encoding: 'utf8' });
-  const progs = JSON.parse(r.stdout || '[]') as { id: number; name?: string; run_cnt?: number; run_time_ns?: number }[];
-  return new Map(progs.filter((p) => p.name?.startsWith('nt_')).map((p) => [`${p.name} (id ${p.id})`, { runs: p.run_cnt ?? 0, ns: p.run_time_ns ?? 0 }]));
-}
-
 /**
  * Where the time goes while following: each program's runs per second and ns per run under the
  * same iperf3 load (one program serves every ingress hook, one every egress hook), and the
  * collector's CPU (this process: ring reads, decoding, assembly).
  */
 async function profile(nodes: string[], podA: string): Promise<void> {
-  const was = readFileSync('/proc/sys/kernel/bpf_stats_enabled', 'utf8').trim();
-  writeFileSync('/proc/sys/kernel/bpf_stats_enabled', '1');
-  try {
-    console.log(`where the time goes (kernel.bpf_stats_enabled=1, iperf3 ${SECONDS}s):`);
-    for (const mode of ['miss', 'followed'] as const) {
-      await withMode(mode, nodes, async () => {
-        const before = progStats();
-        const cpu0 = process.cpuUsage();
-        const t0 = process.hrtime.bigint();
-        const bps = await iperf(podA, []);
-        const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-        const cpu = process.cpuUsage(cpu0);
-        console.log(`  ${mode}: ${(bps / 1e9).toFixed(2)} Gbit/s; collector ${((cpu.user + cpu.system) / 1e4 / secs).toFixed(1)} % of a core`);
-        for (const [name, a] of progStats()) {
-          const b = before.get(name) ?? { runs: 0, ns: 0 };
-          const runs = a.runs - b.runs;
-          if (runs === 0) continue;
-          const ns = a.ns - b.ns;
-          console.log(`    ${name.padEnd(24)} ${(runs / secs / 1e3).toFixed(1).padStart(7)} k runs/s ${(ns / runs).toFixed(0).padStart(5)} ns/run ${(ns / secs / 1e7).toFixed(2).padStart(6)} % of a core`);
-        }
-      });
-    }
-  } finally {
-    writeFileSync('/proc/sys/kernel/bpf_stats_enabled', was);
+  console.log(`where the time goes (kernel.bpf_stats_enabled=1, iperf3 ${SECONDS}s):`);
+  for (const mode of ['miss', 'followed'] as const) {
+    await withMode(mode, nodes, async () => {
+      const cpu0 = process.cpuUsage();
+      const run = await withProgramStats('    ', () => iperf(podA, []));
+      const cpu = process.cpuUsage(cpu0);
+      console.log(`  ${mode}: ${(run.result / 1e9).toFixed(2)} Gbit/s; collector ${((cpu.user + cpu.system) / 1e4 / run.seconds).toFixed(1)} % of a core`);
+      run.print();
+    });
   }
 }
 

@@ -261,6 +261,17 @@ function renderDecoder(layout: Layout): string {
     '  };',
     '}',
     '',
+    '/** The same, into an object the caller reuses for every record (one that keeps a record copies it). */',
+    'export function decodeHopRecordInto(v: DataView, o: number, r: HopRecord): HopRecord {',
+    '  if (v !== lastView) {',
+    '    lastView = v;',
+    '    lastBytes = new Uint8Array(v.buffer, v.byteOffset, v.byteLength);',
+    '  }',
+    '  const b = lastBytes;',
+    ...visible.map((f) => `  r.${f.name} = ${read(f)};`),
+    '  return r;',
+    '}',
+    '',
   ].join('\n');
 }
 

@@ -11,7 +11,6 @@ import { withAdvice } from '../probe/advice';
 import { addrString } from '../probe/addr';
 import { AgentProbe } from '../probe/agentProbe';
 import { trimMalloc } from '../libbpf';
-import type { AttachMechanism } from '../probe/attach';
 import { cleanupNetns } from '../probe/cleanup';
 import { decodeHopRecord } from '../probe/layout.generated';
 import type { NetnsRef } from '../topology/netns';
@@ -21,7 +20,7 @@ import { WallClock } from '../flow/clock';
 import type { IdentitySource } from '../k8s/identity';
 import { joinIdentities } from '../k8s/join';
 import { openIdentitySource, type IdentityOptions } from '../k8s/open';
-import { NodeHooks } from './hooks';
+import { NodeHooks, type AgentAttach } from './hooks';
 import { AddressNames, dropLabels, hookLabels } from './labels';
 import { NetfilterRules, netnsExec } from './netfilter';
 import { startTraceApi, type TraceApi } from './traceApi';
@@ -38,7 +37,7 @@ export interface AgentOptions {
   latencyEvery: number;
   /** other agents' base URLs, for the wire step (step 6) */
   peers: string[];
-  attach: AttachMechanism;
+  attach: AgentAttach;
   /** full rescan of the node's devices even without a link event */
   rescanMs: number;
   /** the trace API for remote follow/diagnose; null: off */
@@ -176,7 +175,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
         onDropped: (n) => m.spansDropped.inc({ node: nodeName }, n),
       });
     }
-    if (opts.attach === 'tc') {
+    if (opts.attach !== 'tcx') {
       // classic tc filters outlive a killed agent: the next start removes them, the node's now,
       // pods' (two tool runs a namespace: seconds for 250 pods) in the background once ready
       const removed = cleanupNetns(opts.node);
@@ -235,7 +234,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
 
     let stopped = false;
     // after the first attach: both done a namespace a turn would slow each other down
-    if (opts.attach === 'tc') void firstSync.then(() => cleanupPods(hooks.topology.pods.map((p) => p.netns), () => stopped, opts.log));
+    if (opts.attach !== 'tcx') void firstSync.then(() => cleanupPods(hooks.topology.pods.map((p) => p.netns), () => stopped, opts.log));
     if (attaching) {
       void firstSync.then(() => {
         if (!stopped) opts.log(`attached: ${hooks.attachments} hooks on ${hooks.devices} devices, every pod's, in ${(performance.now() - t0).toFixed(0)} ms`);

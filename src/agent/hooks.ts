@@ -29,13 +29,21 @@ function nodeDevices(t: NodeTopology): Device[] {
   return [t.underlay, t.tunnel, t.bridge, ...t.pods.flatMap((p) => [p.hostVeth, p.eth])].filter((d): d is Device => d !== null);
 }
 
+/** how the agent attaches: one mechanism everywhere, or mixed (see NodeHooksOptions.attach) */
+export type AgentAttach = AttachMechanism | 'mixed';
+
 export interface NodeHooksOptions {
   node: NetnsRef;
   /** the agent's program for a hook point */
   program(order: number): BpfProgram;
   /** the namespaces whose drops and retransmits count: the node's and its pods' */
   watchNetns(inos: number[]): void;
-  attach: AttachMechanism;
+  /**
+   * tcx or tc on every device; mixed: tcx on the node's own devices (underlay, tunnel, bridge) and
+   * classic tc filters on pods' (a tcx link costs an RCU grace period under rtnl to attach and to
+   * release, 10-15 ms here: 250 pods' 1,000 links take 15 s either way; tc filters, 0.4 s)
+   */
+  attach: AgentAttach;
   /** a device that failed to attach: counted and logged by the caller */
   onAttachError(message: string): void;
   /** after each rescan: the attachment count may have changed */
@@ -169,7 +177,11 @@ export class NodeHooks {
   }
 
   private attach(devices: Device[]): void {
-    const { attached, failed } = attachEach(devices, (d, dir) => this.opts.program(orderOf(d.role, dir).order), this.opts.attach);
+    const program = (d: Device, dir: 'ingress' | 'egress') => this.opts.program(orderOf(d.role, dir).order);
+    const mode = this.opts.attach;
+    const { attached, failed } = mode !== 'mixed' ? attachEach(devices, program, mode) : [
+      attachEach(devices.filter((d) => !isPodDevice(d)), program, 'tcx'), attachEach(devices.filter(isPodDevice), program, 'tc'),
+    ].reduce((a, b) => ({ attached: [...a.attached, ...b.attached], failed: [...a.failed, ...b.failed] }));
     for (const { device, set } of attached) {
       if (this.stopped) set.detach();
       else this.hooks.set(devKey(device), { device, set });

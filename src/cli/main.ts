@@ -396,7 +396,7 @@ function buildProgram(): Command {
     .option('--sample <n>', '1 in n packets becomes a trace, the same packets on every node (0: none)', nonNegativeInt('--sample'), 1000)
     .option('--latency-every <n>', 'time the hops of 1 in n packets (a power of two): clock reads cost ~30 ns a hop', powerOfTwo('--latency-every'), 8)
     .option('--peers <url,...>', "other nodes' agents (http://HOST:PORT), to time the wire between nodes (step 6); with --token-file, the token is sent to them and required of them")
-    .addOption(new Option('--attach <mechanism>', 'tcx links (kernel 6.6+) or classic tc filters').choices(['tcx', 'tc']).default('tcx'))
+    .addOption(new Option('--attach <mechanism>', 'tcx links (kernel 6.6+), classic tc filters, or mixed: tcx on the node\'s devices, tc on pods\' (a node with hundreds of pods attaches in a second, not in 15 s; a tcx program of another tool before ours on a pod device then hides its packets from us)').choices(['tcx', 'tc', 'mixed']).default('tcx'))
     .option('--api-addr <host:port>', `where the trace API listens for remote follow/diagnose (default: the node's underlay address, port ${API_PORT})`)
     .option('--token-file <file>', 'the bearer token callers of the trace API must present (without it the trace API is off)')
     .option('--tls-cert <file>', 'serve the trace API over TLS with this certificate (PEM)')
@@ -415,7 +415,7 @@ function buildProgram(): Command {
       ['node1 of the test cluster, timing the wire with node2\'s agent', 'nettrace agent --netns node1 --metrics-addr 127.0.0.1:9101 --peers http://127.0.0.1:9102'],
     ))
     .action(async (o: {
-      netns?: string; nodes?: string; metricsAddr: string; otlpEndpoint?: string; sample: number; latencyEvery: number; peers?: string; attach: 'tcx' | 'tc'; rescan: number;
+      netns?: string; nodes?: string; metricsAddr: string; otlpEndpoint?: string; sample: number; latencyEvery: number; peers?: string; attach: 'tcx' | 'tc' | 'mixed'; rescan: number;
       apiAddr?: string; tokenFile?: string; tlsCert?: string; tlsKey?: string; maxSessions: number; clockSkewMs?: number;
       kubeconfig?: string; criSocket?: string; namesRetry?: number;
     }) => {

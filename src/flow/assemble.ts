@@ -256,7 +256,7 @@ export class PathAssembler {
     return out[0] ?? null;
   }
 
-  /** Take one record; returns every path it completed. */
+  /** Take one record; returns every path it completed. r may be reused by the caller once this returns. */
   addRecord(r: HopRecord, node?: string): PacketPath[] {
     const out: PacketPath[] = [];
     if (r.kind === RECORD_KIND.DROP) {
@@ -278,7 +278,8 @@ export class PathAssembler {
     if (!p) {
       // every field set here, in one order: one object shape for all entries
       p = {
-        first: r, kernelDrop: undefined, direction, hops: [], lastSeenMs: now, srcNode: undefined, hasDst: false, ended: false, done: false,
+        // a copy: a caller may hand every record in one reused object (the ring reader's)
+        first: { ...r }, kernelDrop: undefined, direction, hops: [], lastSeenMs: now, srcNode: undefined, hasDst: false, ended: false, done: false,
         span: undefined, held: false, srcSegs: 0,
       };
       this.pending.add(p);

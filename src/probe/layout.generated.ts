@@ -307,6 +307,42 @@ export function decodeHopRecord(v: DataView, o: number): HopRecord {
   };
 }
 
+/** The same, into an object the caller reuses for every record (one that keeps a record copies it). */
+export function decodeHopRecordInto(v: DataView, o: number, r: HopRecord): HopRecord {
+  if (v !== lastView) {
+    lastView = v;
+    lastBytes = new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  }
+  const b = lastBytes;
+  r.ts_ns = v.getUint32(o + 0, true) + v.getUint32(o + 0 + 4, true) * 4294967296;
+  r.netns_ino = v.getUint32(o + 8, true);
+  r.ifindex = v.getUint32(o + 12, true);
+  r.flow_id = v.getUint32(o + 16, true);
+  r.skb_len = v.getUint32(o + 20, true);
+  r.saddr = addr16(v, b, o + 24);
+  r.daddr = addr16(v, b, o + 40);
+  r.sport = v.getUint16(o + 56, true);
+  r.dport = v.getUint16(o + 58, true);
+  r.seq = v.getUint32(o + 60, true);
+  r.ack = v.getUint32(o + 64, true);
+  r.ip_id = v.getUint16(o + 68, true);
+  r.ip_len = v.getUint16(o + 70, true);
+  r.payload_len = v.getUint16(o + 72, true);
+  r.gso_segs = v.getUint16(o + 74, true);
+  r.vni = v.getUint32(o + 76, true);
+  r.family = v.getUint8(o + 80);
+  r.proto = v.getUint8(o + 81);
+  r.hook = v.getUint8(o + 82);
+  r.direction = v.getUint8(o + 83);
+  r.flags = v.getUint8(o + 84);
+  r.tcp_flags = v.getUint8(o + 85);
+  r.icmp_type = v.getUint8(o + 86);
+  r.kind = v.getUint8(o + 87);
+  r.reason = v.getUint16(o + 88, true);
+  r.order = v.getUint8(o + 90);
+  return r;
+}
+
 export interface HopCapture {
   hop: HopRecord;
   cap_len: number;

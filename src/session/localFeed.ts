@@ -8,7 +8,7 @@ import { ipBytesOf } from '../probe/addr';
 import { attachAll, type AttachMechanism, type HookSet } from '../probe/attach';
 import { reverse, type FlowRule } from '../probe/flowrule';
 import { HopProbe } from '../probe/hop';
-import { decodeHopRecord, type HopRecord } from '../probe/layout.generated';
+import { decodeHopRecordInto, type HopRecord } from '../probe/layout.generated';
 import { ipJson } from '../exec';
 import { allDevices, type ClusterTopology, type Device } from '../topology/model';
 import { ipNs } from '../topology/netns';
@@ -17,7 +17,8 @@ export interface LocalFeed {
   readonly devices: Device[];
   /**
    * hand every record written since the last call to fn, decoded and as its bytes in the ring (valid
-   * during the call): length bytes, HOP_RECORD_SIZE, or more with snaplen (decodeHopCapture)
+   * during the call): length bytes, HOP_RECORD_SIZE, or more with snaplen (decodeHopCapture). The
+   * decoded record is one object reused for every record: what keeps one copies it.
    */
   drain(fn: (r: HopRecord, view: DataView, offset: number, length: number) => void): void;
   /** records the kernel could not write (ring full) */
@@ -66,11 +67,13 @@ export function openLocalFeed(
     probe.close();
     throw err;
   }
+  // one decoded record for all: a record per hop would be most of what the collector allocates
+  const scratch = {} as HopRecord;
   return {
     devices,
     drain: (fn) => {
       probe.drain((view, offset, length) => {
-        const r = decodeHopRecord(view, offset);
+        const r = decodeHopRecordInto(view, offset, scratch);
         // of ICMP, a TCP or UDP flow is given only the errors that answer it (no pings)
         if (flow.proto !== 'icmp' && !flowKeeps(r)) return;
         fn(r, view, offset, length);

@@ -6,6 +6,8 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import type { TestbedState } from '../../src/testbed/testbed';
+import { discoverCluster } from '../../src/topology/discover';
+import { namedNetns } from '../../src/topology/netns';
 import { attr, freePort, sample, scrape, startAgent, startOtlpReceiver, startPrometheus, waitFor, type AgentRun } from '../helpers/agent';
 import { NETTRACE, nsExec, nsSpawn, ROOT, sleep, withTestbed } from '../helpers/cluster';
 import { needsRoot } from '../helpers/privileged';
@@ -280,6 +282,53 @@ test('agent lifecycle: a pod veth created and deleted while running is attached 
   next.child.kill('SIGTERM');
   assert.equal(await next.exited, 0);
   assert.equal(spawnSync('tc', ['-n', node1, 'filter', 'show', 'dev', 'cni0', 'ingress'], { encoding: 'utf8' }).stdout.trim(), '');
+});
+
+test('agent --attach mixed: tcx links on the node\'s devices, tc filters on pods\'; every step counted; SIGTERM leaves nothing, SIGKILL\'s filters go at the next start', async (t) => {
+  if (!needsRoot(t)) return;
+  const tb = withTestbed(t);
+  const node1 = tb.nodes[0]!.netns;
+  const podA = podNs(tb, 'pod-a');
+  const before = ourProgs();
+  const port = await freePort();
+  const filters = (ns: string, dev: string, hook: string) => spawnSync('tc', ['-n', ns, 'filter', 'show', 'dev', dev, hook], { encoding: 'utf8' }).stdout;
+  const hostVeth = discoverCluster([namedNetns(node1)]).nodes[0]!.pods.find((p) => p.ips.includes(A))!.hostVeth.name;
+  const linksBefore = linksByProg();
+  const agent = await startAgent(t, port, ['--nodes', node1, '--attach', 'mixed', '--sample', '0']);
+  assert.equal(((await (await fetch(`${agent.url}/healthz`)).json()) as { attached_hooks: number }).attached_hooks, 10);
+  // tcx links: eth0 (4 out, 5 in), flannel.1 (3 out, 6 in), cni0 (2 in, 7 out); pod A's devices are not links
+  const links = linksByProg();
+  const gained = (order: number) => (links.get(`nt_agent_${order}`) ?? 0) - (linksBefore.get(`nt_agent_${order}`) ?? 0);
+  assert.deepEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9].map(gained), [0, 0, 1, 1, 1, 1, 1, 1, 0, 0]);
+  // classic tc filters on pod A's host veth (1 in, 8 out) and its eth0 (0 out, 9 in)
+  assert.match(filters(node1, hostVeth, 'ingress'), /nt_agent_1/);
+  assert.match(filters(node1, hostVeth, 'egress'), /nt_agent_8/);
+  assert.match(filters(podA, 'eth0', 'egress'), /nt_agent_0/);
+  assert.match(filters(podA, 'eth0', 'ingress'), /nt_agent_9/);
+  assert.equal(filters(node1, 'cni0', 'ingress').trim(), '', 'the node\'s devices have links, no filters');
+  // iperf3's handshake and data: node1's steps of the request (1-5) and of the reply (6-9), from both kinds of hook
+  nsSpawn(t, podNs(tb, 'pod-b'), ['iperf3', '-s']);
+  waitIperf(tb);
+  const text = await waitFor('node1 counts every step', async () => {
+    const m = await scrape(agent.url);
+    return [1, 2, 3, 4, 5, 6, 7, 8, 9].every((s) => new RegExp(`^nettrace_step_packets_total\\{[^}]*step="${s}"[^}]*\\} [1-9]`, 'm').test(m)) ? m : null;
+  }, 10000);
+  assert.ok(text);
+  agent.child.kill('SIGTERM');
+  assert.equal(await agent.exited, 0);
+  await progsBackTo(before, 'programs left after SIGTERM');
+  assert.equal(filters(podA, 'eth0', 'ingress').trim() + filters(node1, hostVeth, 'ingress').trim(), '');
+
+  const killed = await startAgent(t, port, ['--nodes', node1, '--attach', 'mixed']);
+  killed.child.kill('SIGKILL');
+  await killed.exited;
+  assert.match(filters(podA, 'eth0', 'ingress'), /nt_agent_9/, 'tc filters outlive SIGKILL');
+  const next = await startAgent(t, port, ['--nodes', node1, '--attach', 'mixed']);
+  assert.match(next.stderr(), /removed \d+ tc filters a previous nettrace left behind/);
+  next.child.kill('SIGTERM');
+  assert.equal(await next.exited, 0);
+  await progsBackTo(before, 'programs left after the next start\'s SIGTERM');
+  assert.equal(filters(podA, 'eth0', 'ingress').trim() + filters(node1, hostVeth, 'egress').trim(), '');
 });
 
 test('agent bad input: one line and exit 2, nothing attached; an unreachable collector is counted, never fatal', async (t) => {

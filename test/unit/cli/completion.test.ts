@@ -71,7 +71,8 @@ test('completion bash: commands, options, choices and files, from the real progr
 
   assert.deepEqual(bashComplete(script, ['nettrace', 'follow', '-o', '']), ['table', 'json']);
   assert.deepEqual(bashComplete(script, ['nettrace', 'follow', '--flow', '1.2.3.4 -> 5.6.7.8', '--output', 'j']), ['json']);
-  assert.deepEqual(bashComplete(script, ['nettrace', 'agent', '--attach', '']), ['tcx', 'tc']);
+  assert.deepEqual(bashComplete(script, ['nettrace', 'agent', '--attach', '']), ['tcx', 'tc', 'mixed']);
+  assert.deepEqual(bashComplete(script, ['nettrace', 'follow', '--attach', '']), ['tcx', 'tc']);
   assert.deepEqual(bashComplete(script, ['nettrace', 'testbed', '']).sort(), ['down', 'help', 'policy', 'status', 'up']);
   assert.deepEqual(bashComplete(script, ['nettrace', 'testbed', 'policy', '']).sort(), ['apply', 'delete', 'help', 'list']);
   assert.deepEqual(bashComplete(script, ['nettrace', 'diagnose', '--cni', '']), [...CNI_MODES]);
