@@ -114,12 +114,16 @@ test('every packet is counted per step: bytes of an iperf3 transfer at steps 1-9
   const MB = 1 << 20;
   const r = nsExec(podNs(tb, 'pod-a'), ['iperf3', '-c', B, '-n', '8M'], 30000);
   assert.equal(r.status, 0, r.stdout + r.stderr);
-  const [text1, text2] = await Promise.all(agents.map((a) => scrape(a.url)));
   const step = (text: string, name: string, s: number) => {
     let sum = 0;
     for (const line of text.split('\n')) if (line.startsWith(`${name}{`) && line.includes(`step="${s}"`)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
     return sum;
   };
+  // iperf3 -n ends once it wrote the bytes: the last of them may still be in the socket's queue
+  const [text1, text2] = await waitFor('8 MiB at step 1 of node1 and step 9 of node2', async () => {
+    const texts = await Promise.all(agents.map((a) => scrape(a.url)));
+    return step(texts[0]!, 'nettrace_step_bytes_total', 1) >= 8 * MB && step(texts[1]!, 'nettrace_step_bytes_total', 9) >= 8 * MB ? texts : null;
+  }, 5000).catch(() => Promise.all(agents.map((a) => scrape(a.url))));
   // pod A's 8 MiB leave through steps 1-5 of node1 and arrive through 6-9 of node2 (pod-side hooks of step 9 both count)
   for (const [text, node, steps] of [[text1!, node1, [1, 2, 3, 4, 5]], [text2!, node2, [6, 7, 8, 9]]] as const) {
     for (const s of steps) {
@@ -324,7 +328,9 @@ test('agent --attach mixed: tcx links on the node\'s devices, tc filters on pods
   await killed.exited;
   assert.match(filters(podA, 'eth0', 'ingress'), /nt_agent_9/, 'tc filters outlive SIGKILL');
   const next = await startAgent(t, port, ['--nodes', node1, '--attach', 'mixed']);
-  assert.match(next.stderr(), /removed \d+ tc filters a previous nettrace left behind/);
+  // the node's at start; pods' in the background once ready (a namespace a turn)
+  assert.match(next.stderr(), /removed \d+ tc filters a previous nettrace left behind$/m);
+  await waitFor('the pods\' filters removed', async () => /removed \d+ tc filters a previous nettrace left behind in pods' namespaces/.test(next.stderr()), 10000);
   next.child.kill('SIGTERM');
   assert.equal(await next.exited, 0);
   await progsBackTo(before, 'programs left after the next start\'s SIGTERM');
