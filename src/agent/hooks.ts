@@ -179,14 +179,17 @@ export class NodeHooks {
   private attach(devices: Device[]): void {
     const program = (d: Device, dir: 'ingress' | 'egress') => this.opts.program(orderOf(d.role, dir).order);
     const mode = this.opts.attach;
-    const { attached, failed } = mode !== 'mixed' ? attachEach(devices, program, mode) : [
-      attachEach(devices.filter((d) => !isPodDevice(d)), program, 'tcx'), attachEach(devices.filter(isPodDevice), program, 'tc'),
-    ].reduce((a, b) => ({ attached: [...a.attached, ...b.attached], failed: [...a.failed, ...b.failed] }));
-    for (const { device, set } of attached) {
-      if (this.stopped) set.detach();
-      else this.hooks.set(devKey(device), { device, set });
+    const mechanismOf = (d: Device): AttachMechanism => (mode !== 'mixed' ? mode : isPodDevice(d) ? 'tc' : 'tcx');
+    for (const mechanism of ['tcx', 'tc'] as const) {
+      const mine = devices.filter((d) => mechanismOf(d) === mechanism);
+      if (mine.length === 0) continue;
+      const { attached, failed } = attachEach(mine, program, mechanism);
+      for (const { device, set } of attached) {
+        if (this.stopped) set.detach();
+        else this.hooks.set(devKey(device), { device, set });
+      }
+      for (const { error } of failed) this.opts.onAttachError(error.message);
     }
-    for (const { error } of failed) this.opts.onAttachError(error.message);
   }
 
   /** also gives the topology's pods the addresses learned so far (discovery without details has none) */

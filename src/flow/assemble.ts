@@ -87,7 +87,6 @@ interface Place {
 /** devices by netns inode, then ifindex: numbers, no key string per record */
 type DeviceTable = Map<number, Map<number, Where>>;
 
-
 /** A node of the path that sends us no records (no agent there, or nettrace runs on one node alone). */
 export interface Unwatched {
   /** where the request's pod is: 'source' for the sender's node, 'destination' for the receiver's; the reply mirrors it */
@@ -734,8 +733,9 @@ export class PathAssembler {
     return out;
   }
 
-  /** An address's text, once per address: IPv4 address arrays are shared between records (the decoder's). */
+  /** An address's text; an IPv4 one once per address, as the decoder shares their arrays between records (IPv6 ones are new each time). */
   private addrOf(a: Uint8Array, family: number): string {
+    if (family !== 4) return addrString(a, family);
     let t = this.addrTexts.get(a);
     if (t === undefined) {
       if (this.addrTexts.size >= 4096) this.addrTexts.clear();
@@ -746,15 +746,9 @@ export class PathAssembler {
 
   /** The steps the nodes of these hops do not have (their CNI mode), the same for every path of a direction and nodes. */
   private skippedOn(direction: Direction, hops: Seen[]): NonNullable<PacketPath['skipped']> {
-    let key: string = direction;
-    let lastNode = '';
     const nodes: string[] = [];
-    for (const h of hops) {
-      if (h.device.node === lastNode || nodes.includes(h.device.node)) continue;
-      lastNode = h.device.node;
-      nodes.push(lastNode);
-      key += `\0${lastNode}`;
-    }
+    for (const h of hops) if (!nodes.includes(h.device.node)) nodes.push(h.device.node);
+    const key = `${direction}\0${nodes.join('\0')}`;
     let s = this.skippedCache.get(key);
     if (!s) {
       s = nodes.flatMap((node) => {

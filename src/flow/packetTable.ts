@@ -10,7 +10,7 @@ export interface Keyed {
   readonly first: HopRecord;
 }
 
-export function samePacket(a: HopRecord, b: HopRecord): boolean {
+function samePacket(a: HopRecord, b: HopRecord): boolean {
   return a.seq === b.seq && a.ack === b.ack && a.ip_id === b.ip_id && a.ip_len === b.ip_len && a.sport === b.sport
     && a.dport === b.dport && a.flow_id === b.flow_id && a.direction === b.direction;
 }

@@ -68,9 +68,9 @@ export class BpfMap {
    * reused by the next one, so nothing of a batch may be kept past it.
    */
   *batches(entryValueSize = this.valueSize, chunk = 4096): Generator<{ keys: Buffer; values: Buffer; got: number }> {
-    // a read of the same map while this one is suspended gets buffers of its own
     const slots = Math.max(1, Math.min(chunk, this.maxEntries));
     this.assertOpen();
+    // a read of the same map while this one is suspended gets buffers of its own
     const own = this.reading ? null : this.batchBuffers(entryValueSize, slots);
     const { keys, values, inBatch, outBatch } = own ?? this.allocBatch(entryValueSize, slots);
     if (own) this.reading = true;

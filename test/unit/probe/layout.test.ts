@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { generate, OBJECTS } from '../../../scripts/gen-layout';
-import { AGENT, decodeHopRecord, HOP, HOP_RECORD_FIELDS, HOP_RECORD_SIZE, ORDER } from '../../../src/probe/layout.generated';
+import { AGENT, decodeHopRecord, decodeHopRecordInto, HOP, HOP_RECORD_FIELDS, HOP_RECORD_SIZE, ORDER } from '../../../src/probe/layout.generated';
 
 const ROOT = path.resolve(__dirname, '../../../..');
 
@@ -32,6 +32,33 @@ test('decoding reads every field at its BTF offset, little endian', () => {
   assert.equal(r.proto, 6);
   assert.ok(!('_pad' in r));
   assert.ok('order' in r && 'kind' in r && 'reason' in r);
+});
+
+test('decoding into a reused object gives what decoding gives; IPv4 address arrays are shared between records, IPv6 ones are not', () => {
+  const F = HOP_RECORD_FIELDS;
+  const buf = Buffer.alloc(HOP_RECORD_SIZE * 3);
+  for (let i = 0; i < 3; i++) {
+    const o = i * HOP_RECORD_SIZE;
+    buf.writeBigUInt64LE(BigInt(1000 + i), o + F.ts_ns.offset);
+    buf.writeUInt32LE(7 + i, o + F.seq.offset);
+    buf.set([10, 244, 1, 5], o + F.saddr.offset);
+    // records 0 and 1: IPv4; record 2: an IPv6 destination
+    buf.set(i < 2 ? [10, 244, 2, 8] : [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8], o + F.daddr.offset);
+  }
+  const view = new DataView(buf.buffer, buf.byteOffset, buf.length);
+  const scratch = {} as ReturnType<typeof decodeHopRecord>;
+  for (let i = 0; i < 3; i++) {
+    const fresh = decodeHopRecord(view, i * HOP_RECORD_SIZE);
+    const into = decodeHopRecordInto(view, i * HOP_RECORD_SIZE, scratch);
+    assert.equal(into, scratch);
+    assert.deepEqual({ ...into }, fresh);
+  }
+  const [a, b, c] = [0, 1, 2].map((i) => decodeHopRecord(view, i * HOP_RECORD_SIZE));
+  assert.equal(a!.daddr, b!.daddr, 'the same IPv4 address: one array');
+  assert.notEqual(c!.daddr, decodeHopRecord(view, 2 * HOP_RECORD_SIZE).daddr, 'IPv6: a copy each time');
+  // a copy of the ring's bytes, never a view of them
+  buf.fill(0);
+  assert.deepEqual([...a!.saddr.subarray(0, 4)], [10, 244, 1, 5]);
 });
 
 test('program and map names: every program, every map, one agent program per hook point', () => {
