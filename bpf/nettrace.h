@@ -221,6 +221,12 @@ struct nt_config {
 	/* hop's _cap programs (follow -w): copy this many of each followed packet's first
 	 * bytes (nt_hop_capture), 1 to NT_SNAPLEN_MAX */
 	__u32 snaplen;
+	/* hop (follow --every N, TCP): 0 keeps every packet. Else a data skb is kept iff it holds
+	 * a byte whose sequence number is a multiple of 2^every_shift (N x 64 KiB), which every
+	 * hook of both nodes decides alike however TSO/GSO and GRO cut the bytes; a pure ACK iff
+	 * its mixed ack number has no bit of every_ack_mask (N - 1) set; SYN, FIN and RST always */
+	__u32 every_shift;
+	__u32 every_ack_mask;
 };
 
 #endif

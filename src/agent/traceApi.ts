@@ -111,7 +111,7 @@ export async function startTraceApi(opts: TraceApiOptions): Promise<TraceApi> {
       throw new HttpError(404, (err as Error).message);
     }
     // tcx: sessions (and other tools) each have their own link on a hook
-    const feed: LocalFeed = openLocalFeed(parsed.flow, view.topology, endpoints, 'tcx');
+    const feed: LocalFeed = openLocalFeed(parsed.flow, view.topology, endpoints, 'tcx', 0, parsed.every);
     const id = randomBytes(8).toString('hex');
     // the kfree_skb tracepoint sees the whole kernel: only this node's drops are ours to report
     const ours = new Set([opts.node.ino, ...view.topology.nodes.flatMap((n) => n.pods.map((p) => p.netns.ino))]);

@@ -18,6 +18,7 @@ import { pathToJsonLine } from '../export/json';
 import { formatPathTable } from '../export/table';
 import { PcapngFile } from '../export/pcapngFile';
 import { SNAPLEN_MAX } from '../probe/config';
+import { EVERY_MAX } from '../flow/every';
 import { formatFlow } from '../flow/spec';
 import { advise } from '../probe/advice';
 import { packageVersion } from '../probe/paths';
@@ -177,10 +178,10 @@ function skewMs(v: string): number {
   return n;
 }
 
-function powerOfTwo(flag: string) {
+function powerOfTwo(flag: string, max = 65536) {
   return (v: string): number => {
     const n = Number(v);
-    if (!/^\d+$/.test(v) || n < 1 || n > 65536 || (n & (n - 1)) !== 0) throw new InvalidArgumentError(`${flag} takes a power of two from 1 to 65536`);
+    if (!/^\d+$/.test(v) || n < 1 || n > max || (n & (n - 1)) !== 0) throw new InvalidArgumentError(`${flag} takes a power of two from 1 to ${max}`);
     return n;
   };
 }
@@ -241,8 +242,10 @@ function buildProgram(): Command {
     .addOption(new Option('--attach <mechanism>', 'tcx links (kernel 6.6+) or classic tc filters').choices(['tcx', 'tc']).default('tcx'))
     .option('-w, --write <file>', 'also write the packets to FILE as pcapng, for tshark -r, tcpdump -r or Wireshark: one interface per node/device/hook, one packet per hop, its step in the comment (not with --agents yet)')
     .option('--snaplen <n>', `with -w: the first n bytes of each packet, copied in the kernel, 1 to ${SNAPLEN_MAX} (default ${DEFAULT_SNAPLEN})`, snaplenOption)
+    .option('--every <n>', `a busy TCP flow: follow the data skb at every n x 64 KiB of the stream and 1 in n pure ACKs, the same packets on both nodes; SYN, FIN, RST and drops always (a power of two, 1 to ${EVERY_MAX}; default 1: every packet)`, powerOfTwo('--every', EVERY_MAX))
     .addHelpText('after', examples(
       ['two packets of an HTTP flow and their replies, as a table', `nettrace follow ${FLOW_EXAMPLE} --count 2`],
+      ['a bulk transfer at a fraction of the cost: one data packet per 1 MiB of the stream', `nettrace follow ${FLOW_EXAMPLE} --every 16 --timeout 10s`],
       ['by pod names (from the API server: --kubeconfig, the pod\'s service account or ~/.kube/config)', "nettrace follow --flow 'default/frontend -> default/backend:80' --count 2"],
       ['ten pings and their replies at every hop, into a file tshark reads (decode flannel\'s VXLAN port)',
         "nettrace follow --flow '10.244.1.5 -> 10.244.2.8' --count 20 -w ping.pcapng; tshark -r ping.pcapng -d udp.port==8472,vxlan"],
@@ -250,7 +253,7 @@ function buildProgram(): Command {
       ['from any machine, through the agents on the nodes', `nettrace follow --agents dns://nettrace-agent.kube-system:9966 --token-file token ${FLOW_EXAMPLE}`],
       ['on network namespaces acting as nodes', `nettrace follow --netns node1,node2 ${FLOW_EXAMPLE}`],
     ))
-    .action(async (o: FlowCommandOptions & { count?: number; timeout?: number; grace: number; attach: 'tcx' | 'tc'; write?: string; snaplen?: number }) => {
+    .action(async (o: FlowCommandOptions & { count?: number; timeout?: number; grace: number; attach: 'tcx' | 'tc'; write?: string; snaplen?: number; every?: number }) => {
       // handlers first: a signal that lands while connecting or attaching must still detach everything
       let stop: (() => void) | null = null;
       let interrupted = false;
@@ -272,6 +275,10 @@ function buildProgram(): Command {
       // names to addresses before anything is attached; the pods' names onto the cluster for the output
       const named = await resolveFlowNames(o.flow, o.proto !== undefined ? parseProto(o.proto) : undefined, o, remote);
       const flow = named.flow;
+      if ((o.every ?? 1) > 1 && flow.proto !== 'tcp') {
+        named.source?.close();
+        throw usageError(`--every samples TCP flows only; this flow is ${flow.proto}`, 'leave --every out: every packet of it is followed');
+      }
       const view = remote ? null : viewCluster(resolveNodes(netnsList(o)), o.cni as CniMode | undefined);
       joinAndClose(remote ? remote.topology : view!.topology, named);
       const snaplen = o.write !== undefined ? o.snaplen ?? DEFAULT_SNAPLEN : 0;
@@ -279,7 +286,7 @@ function buildProgram(): Command {
       const pcap = o.write !== undefined ? new PcapngFile(o.write, snaplen) : null;
       let writeFailed: unknown = null;
       const events = {
-        flow, count: o.count ?? null, timeoutS: o.timeout ?? null, graceMs: o.grace,
+        flow, count: o.count ?? null, timeoutS: o.timeout ?? null, graceMs: o.grace, every: o.every,
         onPath: (p: PacketPath, captured?: CapturedHop[]) => {
           process.stdout.write(o.output === 'json' ? pathToJsonLine(p) + '\n' : formatPathTable(p) + '\n');
           if (!pcap || writeFailed) return;
@@ -396,7 +403,7 @@ function buildProgram(): Command {
     .option('--sample <n>', '1 in n packets becomes a trace, the same packets on every node (0: none)', nonNegativeInt('--sample'), 1000)
     .option('--latency-every <n>', 'time the hops of 1 in n packets (a power of two): clock reads cost ~30 ns a hop', powerOfTwo('--latency-every'), 8)
     .option('--peers <url,...>', "other nodes' agents (http://HOST:PORT), to time the wire between nodes (step 6); with --token-file, the token is sent to them and required of them")
-    .addOption(new Option('--attach <mechanism>', 'tcx links (kernel 6.6+), classic tc filters, or mixed: tcx on the node\'s devices, tc on pods\' (a node with hundreds of pods attaches in a second, not in 15 s; a tcx program of another tool before ours on a pod device then hides its packets from us)').choices(['tcx', 'tc', 'mixed']).default('tcx'))
+    .addOption(new Option('--attach <mechanism>', 'mixed: tcx links on the node\'s devices, classic tc filters on pods\' (a node with hundreds of pods attaches in a second, not in 15 s); tcx everywhere (kernel 6.6+; a CNI whose tcx programs on pod devices end the chain, such as Cilium\'s, then hides nothing from us); or tc everywhere (kernels before 6.6)').choices(['tcx', 'tc', 'mixed']).default('mixed'))
     .option('--api-addr <host:port>', `where the trace API listens for remote follow/diagnose (default: the node's underlay address, port ${API_PORT})`)
     .option('--token-file <file>', 'the bearer token callers of the trace API must present (without it the trace API is off)')
     .option('--tls-cert <file>', 'serve the trace API over TLS with this certificate (PEM)')

@@ -9,6 +9,7 @@ import type { HopView, PacketPath } from './path';
 import type { FlowSpec } from './spec';
 import { addrString } from '../probe/addr';
 import { type ByteRange, covers, FlowRanges, overlap, seqDiff } from './byteRanges';
+import { everyShift, sampledSpan } from './every';
 import { AddrText, tcpFlags } from './headerText';
 import { PacketTable } from './packetTable';
 
@@ -109,6 +110,8 @@ export interface AssemblerOptions {
    * another's: a path that reached the pod still waits for its sending node's last hooks
    */
   perNodeStreams?: boolean;
+  /** follow --every n: the records are the sampled TCP packets (flow/every); 1 or absent: every packet */
+  every?: number;
   now?: () => number;
 }
 
@@ -154,6 +157,8 @@ export class PathAssembler {
   private readonly lastSourceOrder = new Map<string, number>();
   /** both ends of the path are on nodes we watch, so TCP data is matched by byte range across them */
   private readonly cross: boolean;
+  /** follow --every: a sampled skb is matched across nodes by its sampled byte only */
+  private readonly everyShift: number;
   /** per direction: the end of the path on a node we get no records from */
   private readonly notWatched: Record<Direction, { source?: PacketPath['not_watched']; destination?: PacketPath['not_watched'] }>;
   private readonly flows = new Map<string, TcpFlow>();
@@ -215,6 +220,7 @@ export class PathAssembler {
       request: { source: reqSrc, destination: reqDst },
       reply: { source: mirror(reqDst, 'source'), destination: mirror(reqSrc, 'destination') },
     };
+    this.everyShift = everyShift(opts.every ?? 1);
     this.cross = !!srcNode && !!dstNode && srcNode !== dstNode && !reqSrc && !reqDst;
   }
 
@@ -438,7 +444,8 @@ export class PathAssembler {
     if (!fi) this.flows.set(fk, (fi = new TcpFlow(r.seq)));
     else if (fi.empty) fi.reset(r.seq);
     // every field set here, in one order: one object shape for all spans (add() sets rel)
-    const sp: Span = { entry: p, flow: fi, side, seq: r.seq, len: r.payload_len, rel: 0, indexed: true, links: [], bytes: 0, wire: 0 };
+    const { seq, len } = sampledSpan(r.seq, r.payload_len, r.tcp_flags, this.everyShift);
+    const sp: Span = { entry: p, flow: fi, side, seq, len, rel: 0, indexed: true, links: [], bytes: 0, wire: 0 };
     p.span = sp;
     fi.add(sp, this.linkNew);
     if (side === 'source') for (const d of sp.links) this.maybeRetire(d);

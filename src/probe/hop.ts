@@ -2,7 +2,7 @@
 import { BpfObject, possibleCpus, RingReader } from '../libbpf';
 import type { BpfMap, BpfProgram, RecordHandler } from '../libbpf';
 import { encodeFlowKey, encodeFlowRule, type FlowRule } from './flowrule';
-import { writeSnaplen, writeVxlanPorts } from './config';
+import { writeEvery, writeSnaplen, writeVxlanPorts } from './config';
 import { HOP } from './layout.generated';
 import { bpfObjectPath } from './paths';
 
@@ -17,6 +17,8 @@ export interface HopOptions {
   drops?: boolean;
   /** copy each hop's first snaplen bytes after its record (follow -w); 0 or absent: plain records */
   snaplen?: number;
+  /** follow --every: keep 1 in n of a TCP flow's packets (SYN, FIN, RST and drops always); 1 or absent: all */
+  every?: number;
 }
 
 export class HopProbe {
@@ -42,6 +44,7 @@ export class HopProbe {
       writeVxlanPorts(cfg, opts.vxlanPorts);
       const capture = (opts.snaplen ?? 0) > 0;
       writeSnaplen(cfg, opts.snaplen ?? 0);
+      writeEvery(cfg, opts.every ?? 1);
       // only one pair is loaded: without snaplen the programs that have no copy in them at all
       for (const p of [P.nt_ingress_cap, P.nt_egress_cap]) obj.setAutoload(p, capture);
       for (const p of [P.nt_ingress, P.nt_egress]) obj.setAutoload(p, !capture);

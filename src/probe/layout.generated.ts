@@ -148,12 +148,14 @@ export const FLOW_RULE_FIELDS = {
   _pad: { offset: 9, kind: 'bytes', length: 3 },
 } as const;
 
-export const CONFIG_SIZE = 20;
+export const CONFIG_SIZE = 28;
 export const CONFIG_FIELDS = {
   vxlan_ports: { offset: 0, kind: 'u16[]', length: 8 },
   sample_below: { offset: 8, kind: 'u32', length: 4 },
   latency_mask: { offset: 12, kind: 'u32', length: 4 },
   snaplen: { offset: 16, kind: 'u32', length: 4 },
+  every_shift: { offset: 20, kind: 'u32', length: 4 },
+  every_ack_mask: { offset: 24, kind: 'u32', length: 4 },
 } as const;
 
 export const DROP_KEY_SIZE = 8;

@@ -31,6 +31,8 @@ export interface FollowRequestOptions {
   graceMs: number;
   /** stop after this many paths */
   count?: number | null;
+  /** of a TCP flow, follow 1 in every packets (flow/every: SYN, FIN, RST and drops always); 1 or absent: all */
+  every?: number;
   timeoutS?: number | null;
   /** with snaplen: captured, each hop's packet bytes and wall-clock time (by index of p.steps) */
   onPath(p: PacketPath, captured?: CapturedHop[]): void;
@@ -85,7 +87,7 @@ export function startFollow(opts: FollowSessionOptions): FollowSession {
   requireFlowPods(opts.cluster, f.src, f.dst, endpoints.map((e) => e.ip));
   const topology = opts.cluster.topology;
   const snaplen = opts.snaplen ?? 0;
-  const feed = openLocalFeed(f, topology, endpoints, opts.attach, snaplen);
+  const feed = openLocalFeed(f, topology, endpoints, opts.attach, snaplen, opts.every ?? 1);
   // bytes wait at least as long as a path may wait for its next hop
   const captures = snaplen > 0 ? new CaptureIndex(topology, { retainNs: Math.max(30e9, (2 * opts.graceMs + 5000) * 1e6) }) : null;
   opts.onReady?.({
@@ -95,6 +97,7 @@ export function startFollow(opts: FollowSessionOptions): FollowSession {
 
   const assembler = new PathAssembler(f, topology, {
     graceMs: opts.graceMs, endpoints: endpoints.map((e) => e.ip), dropReason: dropReasonName, unwatched: elsewhere(opts.cluster, f, endpoints),
+    every: opts.every,
   });
   // hops are stamped with this kernel's monotonic clock: every node of a local follow shares it
   const clock = new WallClock();

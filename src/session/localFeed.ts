@@ -31,12 +31,13 @@ export interface LocalFeed {
 /**
  * endpoints: where a ClusterIP destination is translated to, followed as the same flow. snaplen: each
  * hop's record also carries the packet's first snaplen bytes (follow -w); 0, records as they are.
+ * every: keep 1 in every TCP packets in the kernel (follow --every; flow/every); 1, all.
  */
 export function openLocalFeed(
-  flow: FlowSpec, topology: ClusterTopology, endpoints: { ip: string; port: number }[], attach: AttachMechanism, snaplen = 0,
+  flow: FlowSpec, topology: ClusterTopology, endpoints: { ip: string; port: number }[], attach: AttachMechanism, snaplen = 0, every = 1,
 ): LocalFeed {
   const vxlanPorts = topology.nodes.flatMap((n) => (n.tunnel?.vxlan ? [n.tunnel.vxlan.port] : []));
-  const probe = withAdvice(() => HopProbe.load({ vxlanPorts: vxlanPorts.length ? vxlanPorts : [8472, 4789], snaplen }));
+  const probe = withAdvice(() => HopProbe.load({ vxlanPorts: vxlanPorts.length ? vxlanPorts : [8472, 4789], snaplen, every }));
   let hooks: HookSet | null = null;
   const devices = allDevices(topology);
   try {

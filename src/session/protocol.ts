@@ -5,6 +5,7 @@
 // other side is checked: an agent treats every request as hostile, a client every answer.
 import { isIP } from 'node:net';
 import { NettraceError } from '../errors';
+import { EVERY_MAX, validEvery } from '../flow/every';
 import type { FlowSpec, Proto } from '../flow/spec';
 import { decodeHopRecord, HOP_RECORD_SIZE, type HopRecord } from '../probe/layout.generated';
 import type { DetectedCni } from '../topology/cni';
@@ -106,12 +107,14 @@ export function topologyOf(raw: unknown): { topology: NodeTopology; services: Se
 export interface FollowRequest {
   flow: { src: string; dst: string; sport: number; dport: number; proto: Proto };
   timeout_s: number;
+  /** follow --every: of a TCP flow, 1 in every packets (a power of two); absent: all */
+  every?: number;
 }
 
 export const MAX_SESSION_S = 3600;
 
 /** A request body as a flow, or a one-line reason it is not one (the agent answers 400). */
-export function parseFollowRequest(raw: unknown): { flow: FlowSpec; timeoutS: number } | string {
+export function parseFollowRequest(raw: unknown): { flow: FlowSpec; timeoutS: number; every: number } | string {
   const r = raw as Partial<FollowRequest> | null;
   if (!r || typeof r !== 'object' || !r.flow || typeof r.flow !== 'object') return 'the body must be {"flow": {...}, "timeout_s": N}';
   const f = r.flow;
@@ -122,11 +125,17 @@ export function parseFollowRequest(raw: unknown): { flow: FlowSpec; timeoutS: nu
   if (f.proto === 'icmp' && (f.sport || f.dport)) return 'an icmp flow has no ports';
   const t = r.timeout_s ?? MAX_SESSION_S;
   if (typeof t !== 'number' || !(t > 0) || t > MAX_SESSION_S) return `timeout_s must be a number of seconds in (0, ${MAX_SESSION_S}]`;
-  return { flow: { src: f.src, dst: f.dst, sport: f.sport ?? 0, dport: f.dport ?? 0, proto: f.proto, family: isIP(f.src) === 6 ? 6 : 4 }, timeoutS: t };
+  const every = r.every ?? 1;
+  if (typeof every !== 'number' || !validEvery(every)) return `every must be a power of two from 1 to ${EVERY_MAX}`;
+  if (every > 1 && f.proto !== 'tcp') return 'every samples TCP flows only';
+  return { flow: { src: f.src, dst: f.dst, sport: f.sport ?? 0, dport: f.dport ?? 0, proto: f.proto, family: isIP(f.src) === 6 ? 6 : 4 }, timeoutS: t, every };
 }
 
-export function followRequest(flow: FlowSpec, timeoutS: number): FollowRequest {
-  return { flow: { src: flow.src, dst: flow.dst, sport: flow.sport, dport: flow.dport, proto: flow.proto }, timeout_s: timeoutS };
+export function followRequest(flow: FlowSpec, timeoutS: number, every = 1): FollowRequest {
+  const req: FollowRequest = { flow: { src: flow.src, dst: flow.dst, sport: flow.sport, dport: flow.dport, proto: flow.proto }, timeout_s: timeoutS };
+  // only when sampling: an agent of before --every refuses no request it used to take
+  if (every > 1) req.every = every;
+  return req;
 }
 
 /** The messages of a follow stream, one JSON object a line. */

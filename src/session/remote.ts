@@ -231,7 +231,7 @@ export function startRemoteFollow(opts: RemoteFollowOptions): FollowSession {
       const state = { session: null as string | null, endedByUs: false };
       let stream: FollowStream;
       try {
-        stream = await client.follow(followRequest(f, timeoutS), (m) => {
+        stream = await client.follow(followRequest(f, timeoutS, opts.every ?? 1), (m) => {
           if (m.type === 'ready') {
             state.session = m.session;
             devices += m.devices;
@@ -258,7 +258,7 @@ export function startRemoteFollow(opts: RemoteFollowOptions): FollowSession {
     // wait for every stream's ready: its hooks are on
     const deadline = Date.now() + 10_000;
     while ([...streams.values()].some((s) => s.state.session === null) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
-    assembler = new PathAssembler(f, rc.topology, { graceMs: opts.graceMs, endpoints: endpoints.map((e) => e.ip), dropReason: dropReasonName, unwatched, perNodeStreams: true });
+    assembler = new PathAssembler(f, rc.topology, { graceMs: opts.graceMs, endpoints: endpoints.map((e) => e.ip), dropReason: dropReasonName, unwatched, perNodeStreams: true, every: opts.every });
     for (const { node, m } of queued.splice(0)) handle(node, m);
     if (queueLost) {
       opts.onLost?.(queueLost, 'held here while waiting for every agent to be ready');

@@ -247,7 +247,8 @@ test('agent lifecycle: a pod veth created and deleted while running is attached 
   const node1 = tb.nodes[0]!.netns;
   const before = ourProgs();
   const port = await freePort();
-  const agent = await startAgent(t, port, ['--nodes', node1, '--rescan', '600000']); // link events only
+  // tcx everywhere: links are counted per program, and go with the process
+  const agent = await startAgent(t, port, ['--nodes', node1, '--attach', 'tcx', '--rescan', '600000']); // link events only
   const hooks = async () => ((await (await fetch(`${agent.url}/healthz`)).json()) as { attached_hooks: number }).attached_hooks;
   assert.equal(await hooks(), 10, 'eth0, flannel.1, cni0, pod A host veth and eth0: both hooks each');
   assert.equal(sample(await scrape(agent.url), 'nettrace_agent_attached_hooks', {}), 10);
@@ -277,7 +278,7 @@ test('agent lifecycle: a pod veth created and deleted while running is attached 
   assert.equal(await agent.exited, 0);
   await progsBackTo(before, 'programs left after SIGTERM');
 
-  const again = await startAgent(t, port, ['--nodes', node1]);
+  const again = await startAgent(t, port, ['--nodes', node1, '--attach', 'tcx']);
   again.child.kill('SIGKILL');
   await again.exited;
   await progsBackTo(before, 'programs left after SIGKILL (tcx links go with the process)');

@@ -107,6 +107,32 @@ test('UDP: datagrams and their echoes on all nine steps', async (t) => {
   assert.ok(request.every((p) => p.packet.payload_len === 5));
 });
 
+test('--every 16: a bulk transfer as one complete path per MiB of its stream, its handshake and its end', async (t) => {
+  if (!needsRoot(t)) return;
+  const tb = withTestbed(t);
+  nsSpawn(t, podNs(tb, 'pod-b'), ['iperf3', '-s']);
+  await sleep(800);
+  let received = 0;
+  const paths = await collect(t, tb, ['--flow', `${A} -> ${B}:5201`, '--every', '16', '--timeout', '5'], () => {
+    const r = nsExec(podNs(tb, 'pod-a'), ['iperf3', '-c', B, '-t', '2', '-J'], 30000);
+    assert.equal(r.status, 0, r.stderr);
+    received = (JSON.parse(r.stdout) as { end: { sum_received: { bytes: number } } }).end.sum_received.bytes;
+  });
+  for (const p of paths) assertNineSteps(tb, p);
+  const { request } = byDirection(paths);
+  // tcp_flags as letters: F S R P A ...
+  const flags = (p: PacketPath) => p.packet.tcp_flags ?? '';
+  // iperf3's control connection and its test connection: each SYN and FIN is kept
+  assert.ok(request.filter((p) => flags(p).includes('S')).length >= 2, 'the SYNs');
+  assert.ok(request.filter((p) => flags(p).includes('F')).length >= 1, 'a FIN');
+  const data = request.filter((p) => p.packet.payload_len > 0 && !/[SFR]/.test(flags(p))).length;
+  const mib = received / 2 ** 20;
+  t.diagnostic(`${data} data paths for ${mib.toFixed(0)} MiB received; ${paths.length} paths in all`);
+  assert.ok(mib > 100, `iperf3 moved only ${mib.toFixed(0)} MiB`);
+  // one data skb per MiB of each connection's stream (a retransmission of it is a second path)
+  assert.ok(data >= 0.9 * mib - 2 && data <= 1.2 * mib + 4, `${data} data paths for ${mib.toFixed(0)} MiB`);
+});
+
 test('only the followed flow is printed, and traffic flows unchanged while attached', async (t) => {
   if (!needsRoot(t)) return;
   const tb = withTestbed(t);

@@ -161,6 +161,37 @@ test('TSO/GSO off on node1, GRO on (then off) at node2: a bulk transfer matched 
   }
 });
 
+test('--every 2 through the agents, TSO/GSO off on node1 and GRO on at node2: one complete path per 128 KiB mark', async (t) => {
+  if (!needsRoot(t)) return;
+  const c = await cluster(t);
+  const [n1, n2] = c.tb.nodes as [TestbedState['nodes'][0], TestbedState['nodes'][0]];
+  // node1 sends MSS-sized skbs, node2 merges them again: the two nodes cut the stream differently
+  assert.equal(nsExec(n1.netns, ['ethtool', '-K', 'eth0', 'tso', 'off', 'gso', 'off']).status, 0);
+  assert.equal(nsExec(n2.netns, ['ethtool', '-K', 'eth0', 'gro', 'on']).status, 0);
+  const sink = "require('net').createServer((s)=>s.resume()).listen(5001,'" + B + "')";
+  nsSpawn(t, podNs(c.tb, 'pod-b'), [process.execPath, '-e', sink]);
+  await sleep(800);
+  const BYTES = 4 << 20;
+  const MARK = 2 * 65536;
+  const send = `const s=require('net').connect(5001,'${B}',()=>s.end(Buffer.alloc(${BYTES},7)));s.on('close',()=>process.exit(0))`;
+  const { paths } = await follow(t, c, ['--flow', `${A} -> ${B}:5001`, '--proto', 'tcp', '--every', '2', '--timeout', '8'], () => {
+    assert.equal(nsExec(podNs(c.tb, 'pod-a'), [process.execPath, '-e', send]).status, 0);
+  });
+  for (const p of paths) assertCrossNode(c, p);
+  const flags = (p: PacketPath) => p.packet.tcp_flags ?? '';
+  assert.ok(byDir(paths, 'request').some((p) => flags(p).includes('S')), 'the SYN');
+  const data = byDir(paths, 'request').filter((p) => p.packet.payload_len > 0 && !/[SFR]/.test(flags(p)));
+  // each holds a mark: [seq, seq + len) crosses a multiple of 128 KiB
+  for (const p of data) {
+    const seq = p.packet.seq!;
+    assert.ok(Math.floor((seq + p.packet.payload_len - 1) / MARK) !== Math.floor((seq - 1) / MARK) || seq % MARK === 0, `seq ${seq} holds no mark`);
+  }
+  const marks = new Set(data.map((p) => Math.floor((p.packet.seq! + p.packet.payload_len - 1) / MARK)));
+  t.diagnostic(`${data.length} data paths, ${marks.size} marks, ${paths.length} paths in all`);
+  // 4 MiB from a random initial sequence number crosses 32 marks
+  assert.ok(marks.size >= 31 && marks.size <= 33, `${marks.size} marks of the 4 MiB stream`);
+});
+
 test('bad input and faults: wrong token, malformed requests, an unreachable agent, a client killed, an agent killed', async (t) => {
   if (!needsRoot(t)) return;
   const c = await cluster(t);

@@ -11,6 +11,8 @@ export interface L4 {
   dport?: number;
   seq?: number;
   ack?: number;
+  /** TCP flags byte (default PSH|ACK) */
+  tcpFlags?: number;
   /** ICMP echo id / seq */
   id?: number;
   icmpSeq?: number;
@@ -29,7 +31,7 @@ function l4(spec: L4, v6: boolean): Buffer {
     h.writeUInt32BE(spec.seq ?? 1000, 4);
     h.writeUInt32BE(spec.ack ?? 0, 8);
     h[12] = 5 << 4;
-    h[13] = 0x18; // PSH|ACK
+    h[13] = spec.tcpFlags ?? 0x18; // PSH|ACK
     h.writeUInt16BE(65535, 14);
     return Buffer.concat([h, payload]);
   }

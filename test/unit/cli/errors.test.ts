@@ -39,6 +39,13 @@ test('bad --proto, --count, --output are refused before anything is attached', (
   assert.equal(cli(['follow', '--flow', '1.2.3.4 -> 5.6.7.8', '-o', 'xml']).status, 2);
 });
 
+test('--every: a power of two up to 1024, of a TCP flow; anything else is refused before anything is attached', { skip: process.getuid?.() !== 0 && 'needs root to get past the root check' }, () => {
+  assertUsageLine(cli(['follow', '--flow', '1.2.3.4 -> 5.6.7.8:80', '--every', '3']), /--every takes a power of two from 1 to 1024/, '3');
+  assertUsageLine(cli(['follow', '--flow', '1.2.3.4 -> 5.6.7.8:80', '--every', '2048']), /--every takes a power of two/, '2048');
+  assertUsageLine(cli(['follow', '--flow', '1.2.3.4 -> 5.6.7.8:53', '--proto', 'udp', '--every', '16']), /--every samples TCP flows only; this flow is udp/, 'udp');
+  assertUsageLine(cli(['follow', '--flow', '1.2.3.4 -> 5.6.7.8', '--every', '16']), /this flow is icmp/, 'icmp');
+});
+
 test('an unknown node namespace: not-found error naming it, exit 5', { skip: process.getuid?.() !== 0 && 'needs root to get past the root check' }, () => {
   const r = cli(['follow', '--flow', '10.244.1.5 -> 10.244.2.8', '--nodes', 'no-such-node-ns']);
   assert.equal(r.status, 5);

@@ -7,7 +7,9 @@ import { twoNodeTopology } from '../../helpers/records';
 
 test('a follow request: a flow of one family and ports, a bounded time; anything else is a one-line reason', () => {
   const ok = parseFollowRequest({ flow: { src: '10.244.1.5', dst: '10.244.2.8', dport: 80, proto: 'tcp' }, timeout_s: 30 });
-  assert.deepEqual(ok, { flow: { src: '10.244.1.5', dst: '10.244.2.8', sport: 0, dport: 80, proto: 'tcp', family: 4 }, timeoutS: 30 });
+  assert.deepEqual(ok, { flow: { src: '10.244.1.5', dst: '10.244.2.8', sport: 0, dport: 80, proto: 'tcp', family: 4 }, timeoutS: 30, every: 1 });
+  const sampled = parseFollowRequest({ flow: { src: '10.244.1.5', dst: '10.244.2.8', dport: 80, proto: 'tcp' }, timeout_s: 30, every: 16 });
+  assert.equal(typeof sampled === 'object' && sampled.every, 16, 'follow --every through an agent');
   const bad: unknown[] = [
     null, 1, 'x', {}, { flow: 1 },
     { flow: { src: 'a', dst: '10.244.2.8', proto: 'tcp' } },
@@ -18,6 +20,10 @@ test('a follow request: a flow of one family and ports, a bounded time; anything
     { flow: { src: '10.244.1.5', dst: '10.244.2.8', proto: 'tcp' }, timeout_s: 1e9 },
     { flow: { src: '10.244.1.5', dst: '10.244.2.8', proto: 'tcp' }, timeout_s: -1 },
     { flow: { src: `10.244.1.5${'x'.repeat(100)}`, dst: '10.244.2.8', proto: 'tcp' } },
+    { flow: { src: '10.244.1.5', dst: '10.244.2.8', proto: 'tcp' }, every: 3 },
+    { flow: { src: '10.244.1.5', dst: '10.244.2.8', proto: 'tcp' }, every: 4096 },
+    { flow: { src: '10.244.1.5', dst: '10.244.2.8', proto: 'tcp' }, every: '16' },
+    { flow: { src: '10.244.1.5', dst: '10.244.2.8', proto: 'udp' }, every: 16 },
   ];
   for (const b of bad) {
     const r = parseFollowRequest(b);
