@@ -68,21 +68,26 @@ static __always_inline int every_keeps(const struct nt_hop_record *r)
 {
 	__u32 h;
 
-	if (!nt_cfg.every_shift || r->proto != IPPROTO_TCP || (r->tcp_flags & (NT_TCP_FIN | NT_TCP_SYN | NT_TCP_RST)))
+	if (!nt_cfg.every_shift || r->proto != IPPROTO_TCP)
 		return 1;
-	if (r->payload_len)
+	/* data by its bytes only, a FIN on it too: GRO merges a FIN segment into the data before
+	 * it, so "has FIN" differs between the nodes; SYN and RST segments are never merged */
+	if (r->payload_len && !(r->tcp_flags & (NT_TCP_SYN | NT_TCP_RST)))
 		/* [seq, seq + len) holds a multiple of 2^shift iff seq - 1 and its last byte differ
 		 * above the shift (32-bit wrap included: 0 is a multiple) */
 		return (((r->seq - 1) ^ (r->seq + r->payload_len - 1)) >> nt_cfg.every_shift) != 0;
+	/* without data: SYN, FIN, RST always (GRO merges no empty segment) */
+	if (r->tcp_flags & (NT_TCP_FIN | NT_TCP_SYN | NT_TCP_RST))
+		return 1;
 	h = r->ack * 0x9e3779b1U;
 	return ((h ^ (h >> 16)) & nt_cfg.every_ack_mask) == 0;
 }
 
-/* Whether the packet at l3off is of a followed flow (with sample: and kept by --every): r gets
- * its key, flow and direction.
+/* Whether the packet at l3off is of a followed flow and kept by --every: r gets its key, flow
+ * and direction.
  * The address pair decides before any L4 work: a miss costs one lookup. */
 static __always_inline int followed(const struct nt_src *src, __u32 l3off, __be16 proto,
-				    struct nt_hop_record *r, const int sample)
+				    struct nt_hop_record *r)
 {
 	struct nt_flow_key key = {};
 	struct nt_flow_rule *rule;
@@ -100,7 +105,7 @@ static __always_inline int followed(const struct nt_src *src, __u32 l3off, __be1
 	parse_l4(src, &at, r);
 	if ((rule->sport && rule->sport != r->sport) || (rule->dport && rule->dport != r->dport))
 		return 0;
-	if (sample && !every_keeps(r))
+	if (!every_keeps(r))
 		return 0;
 	r->flow_id = rule->flow_id;
 	r->direction = rule->direction;
@@ -116,7 +121,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook, int capture)
 	__be16 proto;
 
 	proto = parse_eth(&src, &off, &r.flags);
-	if (!followed(&src, off, proto, &r, 1))
+	if (!followed(&src, off, proto, &r))
 		return TC_ACT_UNSPEC;
 	r.hook = hook;
 	r.ts_ns = bpf_ktime_get_ns();
@@ -172,8 +177,8 @@ int BPF_PROG(nt_drop, struct sk_buff *skb, void *location, enum skb_drop_reason 
 	if (nh == (__u16)~0U)
 		return 0;
 	src.kbase = BPF_CORE_READ(skb, head) + nh;
-	/* a drop is kept whether or not --every samples its packet */
-	if (!followed(&src, 0, BPF_CORE_READ(skb, protocol), &r, 0))
+	/* --every: the drops of the kept packets, the only ones the collector has a path to end */
+	if (!followed(&src, 0, BPF_CORE_READ(skb, protocol), &r))
 		return 0;
 	r.kind = NT_REC_DROP;
 	r.reason = reason;

@@ -224,7 +224,8 @@ struct nt_config {
 	/* hop (follow --every N, TCP): 0 keeps every packet. Else a data skb is kept iff it holds
 	 * a byte whose sequence number is a multiple of 2^every_shift (N x 64 KiB), which every
 	 * hook of both nodes decides alike however TSO/GSO and GRO cut the bytes; a pure ACK iff
-	 * its mixed ack number has no bit of every_ack_mask (N - 1) set; SYN, FIN and RST always */
+	 * its mixed ack number has no bit of every_ack_mask (N - 1) set; SYN, RST and data-less
+	 * FIN always; drops by the same rule */
 	__u32 every_shift;
 	__u32 every_ack_mask;
 };

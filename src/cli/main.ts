@@ -242,7 +242,7 @@ function buildProgram(): Command {
     .addOption(new Option('--attach <mechanism>', 'tcx links (kernel 6.6+) or classic tc filters').choices(['tcx', 'tc']).default('tcx'))
     .option('-w, --write <file>', 'also write the packets to FILE as pcapng, for tshark -r, tcpdump -r or Wireshark: one interface per node/device/hook, one packet per hop, its step in the comment (not with --agents yet)')
     .option('--snaplen <n>', `with -w: the first n bytes of each packet, copied in the kernel, 1 to ${SNAPLEN_MAX} (default ${DEFAULT_SNAPLEN})`, snaplenOption)
-    .option('--every <n>', `a busy TCP flow: follow the data skb at every n x 64 KiB of the stream and 1 in n pure ACKs, the same packets on both nodes; SYN, FIN, RST and drops always (a power of two, 1 to ${EVERY_MAX}; default 1: every packet)`, powerOfTwo('--every', EVERY_MAX))
+    .option('--every <n>', `a busy TCP flow: follow the data skb at every n x 64 KiB of the stream and 1 in n pure ACKs, the same packets on both nodes; SYN, RST and FIN without data always (a power of two, 1 to ${EVERY_MAX}; default 1: every packet)`, powerOfTwo('--every', EVERY_MAX))
     .addHelpText('after', examples(
       ['two packets of an HTTP flow and their replies, as a table', `nettrace follow ${FLOW_EXAMPLE} --count 2`],
       ['a bulk transfer at a fraction of the cost: one data packet per 1 MiB of the stream', `nettrace follow ${FLOW_EXAMPLE} --every 16 --timeout 10s`],

@@ -1,7 +1,8 @@
 // follow --every N: which TCP packets of a followed flow the hop program keeps, and the byte that
-// names a kept data skb on every node. The kernel keeps a data skb iff it holds a byte whose
-// sequence number is a multiple of N x 64 KiB: a stateless rule every hook of both nodes applies
-// alike, however TSO/GSO and GRO cut the stream into skbs. SYN, FIN, RST and drops are always kept.
+// names a kept data skb on every node. The kernel keeps a data skb (a FIN on it too) iff it holds a
+// byte whose sequence number is a multiple of N x 64 KiB: a stateless rule every hook of both nodes
+// applies alike, however TSO/GSO and GRO cut the stream into skbs. SYN, RST and a FIN without data
+// always; 1 in N pure ACKs; drops of the kept packets.
 
 /** the most --every takes: one data skb per 64 MiB of the stream */
 export const EVERY_MAX = 1024;
@@ -19,16 +20,16 @@ export function everyShift(n: number): number {
   return n === 1 ? 0 : UNIT_SHIFT + Math.log2(n);
 }
 
-const FIN = 0x01;
+const SYN = 0x02;
+const RST = 0x04;
 
 /**
  * The bytes of a kept TCP data skb that name it across nodes: skbs on the other node hold other
- * unsampled bytes around it, so only the sampled byte (a FIN's last byte: a FIN is kept for its
- * flag) is the same packet on both. Without sampling (shift 0), the whole range.
+ * unsampled bytes around it, so only the sampled byte is the same packet on both. A SYN or RST with
+ * data is kept for its flag and never merged: all of it. Without sampling (shift 0), the whole range.
  */
 export function sampledSpan(seq: number, len: number, tcpFlags: number, shift: number): { seq: number; len: number } {
-  if (shift === 0 || len === 0) return { seq, len };
-  if (tcpFlags & FIN) return { seq: (seq + len - 1) >>> 0, len: 1 };
+  if (shift === 0 || len === 0 || tcpFlags & (SYN | RST)) return { seq, len };
   const unit = 2 ** shift;
   // the first multiple of unit at or after seq, in 32-bit sequence space
   const b = (Math.ceil(seq / unit) * unit) >>> 0;

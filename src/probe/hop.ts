@@ -17,7 +17,7 @@ export interface HopOptions {
   drops?: boolean;
   /** copy each hop's first snaplen bytes after its record (follow -w); 0 or absent: plain records */
   snaplen?: number;
-  /** follow --every: keep 1 in n of a TCP flow's packets (SYN, FIN, RST and drops always); 1 or absent: all */
+  /** follow --every: keep 1 in n of a TCP flow's packets (SYN, RST and FIN without data always; see flow/every); 1 or absent: all */
   every?: number;
 }
 

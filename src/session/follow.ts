@@ -31,7 +31,7 @@ export interface FollowRequestOptions {
   graceMs: number;
   /** stop after this many paths */
   count?: number | null;
-  /** of a TCP flow, follow 1 in every packets (flow/every: SYN, FIN, RST and drops always); 1 or absent: all */
+  /** of a TCP flow, follow 1 in every packets (flow/every: SYN, RST and FIN without data always); 1 or absent: all */
   every?: number;
   timeoutS?: number | null;
   /** with snaplen: captured, each hop's packet bytes and wall-clock time (by index of p.steps) */

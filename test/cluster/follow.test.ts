@@ -107,7 +107,7 @@ test('UDP: datagrams and their echoes on all nine steps', async (t) => {
   assert.ok(request.every((p) => p.packet.payload_len === 5));
 });
 
-test('--every 16: a bulk transfer as one complete path per MiB of its stream, its handshake and its end', async (t) => {
+test('--every 16: a bulk transfer as one complete path per MiB of its stream, and its handshake', async (t) => {
   if (!needsRoot(t)) return;
   const tb = withTestbed(t);
   nsSpawn(t, podNs(tb, 'pod-b'), ['iperf3', '-s']);
@@ -122,9 +122,8 @@ test('--every 16: a bulk transfer as one complete path per MiB of its stream, it
   const { request } = byDirection(paths);
   // tcp_flags as letters: F S R P A ...
   const flags = (p: PacketPath) => p.packet.tcp_flags ?? '';
-  // iperf3's control connection and its test connection: each SYN and FIN is kept
+  // iperf3's control connection and its test connection: each SYN is kept
   assert.ok(request.filter((p) => flags(p).includes('S')).length >= 2, 'the SYNs');
-  assert.ok(request.filter((p) => flags(p).includes('F')).length >= 1, 'a FIN');
   const data = request.filter((p) => p.packet.payload_len > 0 && !/[SFR]/.test(flags(p))).length;
   const mib = received / 2 ** 20;
   t.diagnostic(`${data} data paths for ${mib.toFixed(0)} MiB received; ${paths.length} paths in all`);

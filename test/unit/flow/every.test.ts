@@ -13,10 +13,12 @@ test('--every takes powers of two from 1 to 1024; 1 samples nothing', () => {
   for (const bad of [0, 3, 2048, 1.5, -2]) assert.equal(validEvery(bad), false, String(bad));
 });
 
-test('the byte that names a sampled skb: its multiple of the unit, a FIN\'s last byte, else all of it', () => {
+test('the byte that names a sampled skb: its multiple of the unit, else (a SYN or RST with data) all of it', () => {
   const shift = everyShift(2); // 128 KiB
   assert.deepEqual(sampledSpan(131072 * 3 - 10, 5000, 0x18, shift), { seq: 131072 * 3, len: 1 });
-  assert.deepEqual(sampledSpan(131072 * 3 - 10, 100, 0x19, shift), { seq: 131072 * 3 + 89, len: 1 });
+  // a FIN merged by GRO into the data before it: named by the mark, as the sender's skb of it is
+  assert.deepEqual(sampledSpan(131072 * 3 - 10, 5000, 0x19, shift), { seq: 131072 * 3, len: 1 });
+  assert.deepEqual(sampledSpan(131072 * 3 - 10, 5000, 0x02, shift), { seq: 131072 * 3 - 10, len: 5000 }, 'SYN with data');
   assert.deepEqual(sampledSpan(0xfffffff0, 0x40, 0x18, shift), { seq: 0, len: 1 });
   assert.deepEqual(sampledSpan(5, 100, 0x18, shift), { seq: 5, len: 100 }, 'no sampled byte (a SYN with data)');
   assert.deepEqual(sampledSpan(131072 * 3 - 10, 5000, 0x18, 0), { seq: 131072 * 3 - 10, len: 5000 }, 'not sampling');
