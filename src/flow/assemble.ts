@@ -9,7 +9,7 @@ import type { HopView, PacketPath } from './path';
 import type { FlowSpec } from './spec';
 import { addrString } from '../probe/addr';
 import { type ByteRange, covers, FlowRanges, overlap, seqDiff } from './byteRanges';
-import { everyShift, sampledSpan } from './every';
+import { everyShift, sampledByte } from './every';
 import { AddrText, tcpFlags } from './headerText';
 import { PacketTable } from './packetTable';
 
@@ -444,8 +444,10 @@ export class PathAssembler {
     if (!fi) this.flows.set(fk, (fi = new TcpFlow(r.seq)));
     else if (fi.empty) fi.reset(r.seq);
     // every field set here, in one order: one object shape for all spans (add() sets rel)
-    const { seq, len } = sampledSpan(r.seq, r.payload_len, r.tcp_flags, this.everyShift);
-    const sp: Span = { entry: p, flow: fi, side, seq, len, rel: 0, indexed: true, links: [], bytes: 0, wire: 0 };
+    const mark = sampledByte(r.seq, r.payload_len, r.tcp_flags, this.everyShift);
+    const sp: Span = {
+      entry: p, flow: fi, side, seq: mark < 0 ? r.seq : mark, len: mark < 0 ? r.payload_len : 1, rel: 0, indexed: true, links: [], bytes: 0, wire: 0,
+    };
     p.span = sp;
     fi.add(sp, this.linkNew);
     if (side === 'source') for (const d of sp.links) this.maybeRetire(d);

@@ -24,14 +24,15 @@ const SYN = 0x02;
 const RST = 0x04;
 
 /**
- * The bytes of a kept TCP data skb that name it across nodes: skbs on the other node hold other
- * unsampled bytes around it, so only the sampled byte is the same packet on both. A SYN or RST with
- * data is kept for its flag and never merged: all of it. Without sampling (shift 0), the whole range.
+ * The sampled byte that names a kept TCP data skb across nodes, or -1 when its whole range does:
+ * skbs on the other node hold other unsampled bytes around it, so only the sampled byte is the same
+ * packet on both. A SYN or RST with data is kept for its flag and never merged: all of it. Without
+ * sampling (shift 0), always -1. A number, not a range object: this runs for every new TCP data entry.
  */
-export function sampledSpan(seq: number, len: number, tcpFlags: number, shift: number): { seq: number; len: number } {
-  if (shift === 0 || len === 0 || tcpFlags & (SYN | RST)) return { seq, len };
+export function sampledByte(seq: number, len: number, tcpFlags: number, shift: number): number {
+  if (shift === 0 || len === 0 || tcpFlags & (SYN | RST)) return -1;
   const unit = 2 ** shift;
   // the first multiple of unit at or after seq, in 32-bit sequence space
   const b = (Math.ceil(seq / unit) * unit) >>> 0;
-  return ((b - seq) >>> 0) < len ? { seq: b, len: 1 } : { seq, len };
+  return ((b - seq) >>> 0) < len ? b : -1;
 }

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { PathAssembler } from '../../../src/flow/assemble';
-import { everyShift, sampledSpan, validEvery } from '../../../src/flow/every';
+import { everyShift, sampledByte, validEvery } from '../../../src/flow/every';
 import { parseFlowSpec } from '../../../src/flow/spec';
 import type { HopRecord } from '../../../src/probe/layout.generated';
 import { tcpHopRecord as rec, twoNodeTopology } from '../../helpers/records';
@@ -13,15 +13,15 @@ test('--every takes powers of two from 1 to 1024; 1 samples nothing', () => {
   for (const bad of [0, 3, 2048, 1.5, -2]) assert.equal(validEvery(bad), false, String(bad));
 });
 
-test('the byte that names a sampled skb: its multiple of the unit, else (a SYN or RST with data) all of it', () => {
+test('the byte that names a sampled skb: its multiple of the unit, else (a SYN or RST with data) all of it (-1)', () => {
   const shift = everyShift(2); // 128 KiB
-  assert.deepEqual(sampledSpan(131072 * 3 - 10, 5000, 0x18, shift), { seq: 131072 * 3, len: 1 });
+  assert.equal(sampledByte(131072 * 3 - 10, 5000, 0x18, shift), 131072 * 3);
   // a FIN merged by GRO into the data before it: named by the mark, as the sender's skb of it is
-  assert.deepEqual(sampledSpan(131072 * 3 - 10, 5000, 0x19, shift), { seq: 131072 * 3, len: 1 });
-  assert.deepEqual(sampledSpan(131072 * 3 - 10, 5000, 0x02, shift), { seq: 131072 * 3 - 10, len: 5000 }, 'SYN with data');
-  assert.deepEqual(sampledSpan(0xfffffff0, 0x40, 0x18, shift), { seq: 0, len: 1 });
-  assert.deepEqual(sampledSpan(5, 100, 0x18, shift), { seq: 5, len: 100 }, 'no sampled byte (a SYN with data)');
-  assert.deepEqual(sampledSpan(131072 * 3 - 10, 5000, 0x18, 0), { seq: 131072 * 3 - 10, len: 5000 }, 'not sampling');
+  assert.equal(sampledByte(131072 * 3 - 10, 5000, 0x19, shift), 131072 * 3);
+  assert.equal(sampledByte(131072 * 3 - 10, 5000, 0x02, shift), -1, 'SYN with data');
+  assert.equal(sampledByte(0xfffffff0, 0x40, 0x18, shift), 0);
+  assert.equal(sampledByte(5, 100, 0x18, shift), -1, 'no sampled byte');
+  assert.equal(sampledByte(131072 * 3 - 10, 5000, 0x18, 0), -1, 'not sampling');
 });
 
 const topo = twoNodeTopology('eth0');
