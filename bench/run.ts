@@ -99,7 +99,7 @@ async function withMode<T>(mode: Mode, nodes: string[], fn: () => Promise<T>): P
     }
   }
   const flow = parseFlowSpec(mode === 'miss' ? `${A} -> ${B}:9` : `${A} -> ${B}:5201`, 'tcp');
-  // every16: follow --every 16, one data skb per MiB of the stream (and SYN/FIN/RST, 1 in 16 pure ACKs)
+  // every16: follow --every 16, one data skb per MiB of the stream (and SYN, RST, FIN without data, 1 in 16 pure ACKs)
   const session = startFollow({ flow, cluster: viewCluster(refs), graceMs: 1000, attach: 'tcx', every: mode === 'every16' ? 16 : 1, onPath: () => {} });
   try {
     return await fn();

@@ -18,7 +18,7 @@ import { pathToJsonLine } from '../export/json';
 import { formatPathTable } from '../export/table';
 import { PcapngFile } from '../export/pcapngFile';
 import { SNAPLEN_MAX } from '../probe/config';
-import { EVERY_MAX } from '../flow/every';
+import { EVERY_MAX, validEvery } from '../flow/every';
 import { formatFlow } from '../flow/spec';
 import { advise } from '../probe/advice';
 import { packageVersion } from '../probe/paths';
@@ -178,12 +178,19 @@ function skewMs(v: string): number {
   return n;
 }
 
-function powerOfTwo(flag: string, max = 65536) {
+function powerOfTwo(flag: string) {
   return (v: string): number => {
     const n = Number(v);
-    if (!/^\d+$/.test(v) || n < 1 || n > max || (n & (n - 1)) !== 0) throw new InvalidArgumentError(`${flag} takes a power of two from 1 to ${max}`);
+    if (!/^\d+$/.test(v) || n < 1 || n > 65536 || (n & (n - 1)) !== 0) throw new InvalidArgumentError(`${flag} takes a power of two from 1 to 65536`);
     return n;
   };
+}
+
+/** follow --every: what the kernel's rule takes (flow/every) */
+function everyOption(v: string): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || !validEvery(n)) throw new InvalidArgumentError(`--every takes a power of two from 1 to ${EVERY_MAX}`);
+  return n;
 }
 
 /** A command's examples for its --help: what each does, then the command line. */
@@ -242,7 +249,7 @@ function buildProgram(): Command {
     .addOption(new Option('--attach <mechanism>', 'tcx links (kernel 6.6+) or classic tc filters').choices(['tcx', 'tc']).default('tcx'))
     .option('-w, --write <file>', 'also write the packets to FILE as pcapng, for tshark -r, tcpdump -r or Wireshark: one interface per node/device/hook, one packet per hop, its step in the comment (not with --agents yet)')
     .option('--snaplen <n>', `with -w: the first n bytes of each packet, copied in the kernel, 1 to ${SNAPLEN_MAX} (default ${DEFAULT_SNAPLEN})`, snaplenOption)
-    .option('--every <n>', `a busy TCP flow: follow the data skb at every n x 64 KiB of the stream and 1 in n pure ACKs, the same packets on both nodes; SYN, RST and FIN without data always (a power of two, 1 to ${EVERY_MAX}; default 1: every packet)`, powerOfTwo('--every', EVERY_MAX))
+    .option('--every <n>', `a busy TCP flow: follow the data skb at every n x 64 KiB of the stream and 1 in n pure ACKs, the same packets on both nodes; SYN, RST and FIN without data always (a power of two, 1 to ${EVERY_MAX}; default 1: every packet)`, everyOption)
     .addHelpText('after', examples(
       ['two packets of an HTTP flow and their replies, as a table', `nettrace follow ${FLOW_EXAMPLE} --count 2`],
       ['a bulk transfer at a fraction of the cost: one data packet per 1 MiB of the stream', `nettrace follow ${FLOW_EXAMPLE} --every 16 --timeout 10s`],
