@@ -189,6 +189,8 @@ export interface AgentMetrics {
   traceRecords: Counter<'outcome'>;
 }
 
+const ZERO_LATENCY = { counts: [] as number[], sumNs: 0 };
+
 export function createMetrics(src: MetricsSource): AgentMetrics {
   const registry = new Registry();
   const node = src.node;
@@ -200,14 +202,19 @@ export function createMetrics(src: MetricsSource): AgentMetrics {
     'Time from the previous hook point to this one, per step of the path: 1 in latency_every packets (nettrace_agent_info), matched in the kernel; step 6 from sampled packets between agents.',
     () => {
       const out: { labels: Record<string, string | number>; counts: number[]; sumNs: number }[] = [];
-      for (const h of src.latency()) {
+      const seen = new Map<number, { counts: number[]; sumNs: number }>();
+      for (const h of src.latency()) seen.set(h.order, h);
+      // every hook of this node from the first scrape on, at 0 until timed: a series that appears
+      // with its first packets already counted has no increase in rate() and histogram_quantile reads NaN
+      for (let order = 0; order < ORDER.COUNT; order++) {
         // the first hook a receiving node sees (step 6) has no earlier hook on the node: the wire is timed below
-        if (h.order === ORDER.UNDERLAY_INGRESS) continue;
-        const l = src.hookLabels(h.order);
+        if (order === ORDER.UNDERLAY_INGRESS) continue;
+        const l = src.hookLabels(order);
+        const h = seen.get(order) ?? ZERO_LATENCY;
         if (l) out.push({ labels: { node, step: l.step, step_name: l.step_name, device: l.device, hook: l.hook }, counts: h.counts, sumNs: h.sumNs });
       }
-      const wire = src.wireLatency();
       const w = src.hookLabels(ORDER.UNDERLAY_INGRESS);
+      const wire = src.wireLatency();
       if (wire && w) out.push({ labels: { node, step: w.step, step_name: w.step_name, device: w.device, hook: w.hook }, ...wire });
       return out;
     }));

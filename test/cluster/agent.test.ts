@@ -82,6 +82,7 @@ test('Prometheus scrapes both agents: latency of every step on both nodes; every
   assert.equal(steps.length, 18);
   // quantiles are finite and the slowest step stays well under a second on veths
   const p99 = await prom.query('histogram_quantile(0.99, sum by (le, node, step) (rate(nettrace_hop_latency_seconds_bucket[1m])))');
+  assert.equal(p99.length, 18, 'a P99 for each step of each node');
   for (const s of p99) assert.ok(Number(s.value[1]) < 1, `P99 of step ${s.metric.step} on ${s.metric.node}: ${s.value[1]}`);
 
   // what Prometheus stored, and what the agents declare: a counter of events (drops, DNS answers) has

@@ -83,7 +83,7 @@ export async function startPrometheus(t: TestContext, targets: string[]): Promis
   });
   const url = `http://127.0.0.1:${port}`;
   await waitFor('prometheus ready', async () => (await fetch(`${url}/-/ready`)).ok);
-  return {
+  const prom: Prometheus = {
     url,
     async query(expr) {
       const res = await fetch(`${url}/api/v1/query?query=${encodeURIComponent(expr)}`);
@@ -92,6 +92,9 @@ export async function startPrometheus(t: TestContext, targets: string[]): Promis
       return body.data.result;
     },
   };
+  // each target scraped once before the test makes traffic: rate() needs a sample from before it
+  await waitFor(`a first scrape of ${targets.join(', ')}`, async () => (await prom.query('up == 1')).length === targets.length, 10000);
+  return prom;
 }
 
 export interface OtlpSpan {

@@ -36,6 +36,13 @@ test('log2-ns buckets: cumulative counts at le = 2^k ns, only for hooks the node
   assert.match(text, /# TYPE nettrace_hop_latency_seconds histogram/);
 });
 
+test('a hook not yet timed prints its series at 0 from the first scrape, so rate() sees its first packets', async () => {
+  const text = await createMetrics(source([])).registry.metrics();
+  assert.match(text, /nettrace_hop_latency_seconds_count\{node="node1",step="3",step_name="bridge",device="cni0",hook="ingress"\} 0\n/);
+  assert.match(text, /nettrace_hop_latency_seconds_bucket\{[^}]*step="3"[^}]*le="\+Inf"\} 0\n/);
+  assert.equal(text.match(/nettrace_hop_latency_seconds_count/g)!.length, 1, 'only hooks the node has');
+});
+
 test('drops carry the reason name and the step the packet died in; off-path drops say so', async () => {
   const text = await createMetrics(source([], () => [{ reason: 12, order: 2, count: 3 }, { reason: 2, order: 255, count: 4 }])).registry.metrics();
   assert.match(text, /nettrace_drops_total\{node="node1",reason="NETFILTER_DROP",step="4",step_name="routing",device="cni0"\} 3/);
