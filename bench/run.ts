@@ -236,7 +236,7 @@ function assemblyRate(): void {
   console.log(`records decoded and assembled into paths (TCP data across two nodes, 10 hops a packet): ${(hops / 1e6).toFixed(2)} M hops/s on one core (goal >= 10)`);
 }
 
-/** `make bench` runs every section; `node dist/bench/run.js agent` (or follow, attach, remote, soak) one of them. */
+/** `make bench` runs every section; `node dist/bench/run.js agent` (or follow, programs, attach, remote, soak) one of them. */
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('make bench needs root');
   const only = process.argv[2];
@@ -246,6 +246,11 @@ async function main(): Promise<void> {
     decodeRate();
   }
   if (want('agent')) agentPerRun(ROUNDS);
+  // `node dist/bench/run.js programs`: the parts that need no cluster (ns per program run, decoding, assembly)
+  if (only === 'programs') {
+    perRun();
+    return decodeRate();
+  }
   testbedDown(PREFIX);
   const tb = testbedUp({ prefix: PREFIX });
   const podA = tb.pods[0]!.netns;

@@ -22,6 +22,19 @@ struct {
 	__type(value, struct nt_flow_rule);
 } nt_flows SEC(".maps");
 
+/* Written by userspace while the programs run (struct nt_pair_filter): not const. */
+struct nt_pair_filter nt_pairs SEC(".data.pairs");
+
+/* Whether a followed flow may have this address pair (struct nt_pair_filter). */
+static __always_inline int pair_maybe(const struct nt_flow_key *k)
+{
+	const __u32 *s = (const __u32 *)k->saddr, *d = (const __u32 *)k->daddr;
+	__u32 bit;
+
+	bit = ((s[0] ^ s[1] ^ s[2] ^ s[3] ^ d[0] ^ d[1] ^ d[2] ^ d[3] ^ k->proto) * 0x9e3779b1U) >> 22;
+	return (nt_pairs.bits[(bit >> 6) & 15] >> (bit & 63)) & 1;
+}
+
 /* follow -w: where a hop record and the packet's first bytes are put together (too big
  * for the stack beside the parser's buffers). Per CPU: a program runs on one at a time. */
 struct {
@@ -85,7 +98,8 @@ static __always_inline int every_keeps(const struct nt_hop_record *r)
 
 /* Whether the packet at l3off is of a followed flow and kept by --every: r gets its key, flow
  * and direction.
- * The address pair decides before any L4 work: a miss costs one lookup. */
+ * The address pair decides before any L4 work: a miss costs a bit test, or one lookup
+ * when another pair shares its bit. */
 static __always_inline int followed(const struct nt_src *src, __u32 l3off, __be16 proto,
 				    struct nt_hop_record *r)
 {
@@ -99,6 +113,8 @@ static __always_inline int followed(const struct nt_src *src, __u32 l3off, __be1
 	__builtin_memcpy(key.daddr, r->daddr, sizeof(key.daddr));
 	key.family = r->family;
 	key.proto = r->proto;
+	if (!pair_maybe(&key))
+		return 0;
 	rule = bpf_map_lookup_elem(&nt_flows, &key);
 	if (!rule)
 		return 0;

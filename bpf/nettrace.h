@@ -77,6 +77,16 @@ struct nt_flow_key {
 	__u16 _pad;
 };
 
+/* Address pairs of followed flows as bits of a hash (the hop object's nt_pairs, section .data.pairs):
+ * a packet whose bit is clear is of no followed flow, known without the hash lookup of
+ * nt_flows, which is most of what a packet of another flow costs. Bit
+ * (((fold ^ proto) * 0x9e3779b1) >> 22), where fold XORs the eight 32-bit words of the
+ * key's saddr and daddr as loaded in host order: both directions of a pair share a bit.
+ * Userspace sets a rule's bit before it adds the rule, and never clears one. */
+struct nt_pair_filter {
+	__u64 bits[16];
+};
+
 struct nt_flow_rule {
 	__u16 sport;		/* host order; 0 matches any */
 	__u16 dport;

@@ -126,7 +126,7 @@ export interface Layout {
 
 /** Structs of bpf/nettrace.h whose layout userspace needs; the first one and CAPTURE get a decoder. */
 export const STRUCTS = [
-  'nt_hop_record', 'nt_hop_capture', 'nt_flow_key', 'nt_flow_rule', 'nt_config',
+  'nt_hop_record', 'nt_hop_capture', 'nt_flow_key', 'nt_flow_rule', 'nt_pair_filter', 'nt_config',
   'nt_drop_key', 'nt_retrans_key', 'nt_retrans_value', 'nt_seen', 'nt_latency', 'nt_step_count',
   'nt_dns_key', 'nt_dns_rcode_key', 'nt_dns_server_key',
 ] as const;

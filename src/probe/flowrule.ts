@@ -1,5 +1,6 @@
 // Encoding of the followed-flow map's key and value (layouts generated from bpf/nettrace.h).
-import { FLOW_KEY_FIELDS as K, FLOW_KEY_SIZE, FLOW_RULE_FIELDS as R, FLOW_RULE_SIZE } from './layout.generated';
+import { endianness } from 'node:os';
+import { FLOW_KEY_FIELDS as K, FLOW_KEY_SIZE, FLOW_RULE_FIELDS as R, FLOW_RULE_SIZE, PAIR_FILTER_FIELDS } from './layout.generated';
 
 export type Family = 4 | 6;
 export type Direction = 'request' | 'reply';
@@ -41,4 +42,19 @@ export function reverse(rule: FlowRule): FlowRule {
     ...rule, saddr: rule.daddr, daddr: rule.saddr, sport: rule.dport, dport: rule.sport,
     direction: rule.direction === 'request' ? 'reply' : 'request',
   };
+}
+
+const PAIR_BITS = PAIR_FILTER_FIELDS.bits.length * 8;
+
+/**
+ * The bit of the kernel's pair filter (struct nt_pair_filter) a rule's address pair sets: its
+ * key's eight address words XORed, as the program loads them (host order), with the protocol,
+ * then mixed; the same for both directions.
+ */
+export function pairBit(rule: FlowRule): number {
+  const key = encodeFlowKey(rule);
+  const le = endianness() === 'LE';
+  let fold = rule.proto;
+  for (let o = 0; o < 32; o += 4) fold ^= le ? key.readUInt32LE(K.saddr.offset + o) : key.readUInt32BE(K.saddr.offset + o);
+  return (Math.imul(fold, 0x9e3779b1) >>> 22) % PAIR_BITS;
 }

@@ -1,9 +1,10 @@
 // The hop program (bpf/hop.bpf.c) loaded once per run: its config, flow map, ring and lost counter.
+import { endianness } from 'node:os';
 import { BpfObject, possibleCpus, RingReader } from '../libbpf';
 import type { BpfMap, BpfProgram, RecordHandler } from '../libbpf';
-import { encodeFlowKey, encodeFlowRule, type FlowRule } from './flowrule';
+import { encodeFlowKey, encodeFlowRule, pairBit, type FlowRule } from './flowrule';
 import { writeEvery, writeSnaplen, writeVxlanPorts } from './config';
-import { HOP } from './layout.generated';
+import { HOP, PAIR_FILTER_FIELDS, PAIR_FILTER_SIZE } from './layout.generated';
 import { bpfObjectPath } from './paths';
 
 const { programs: P, maps: M } = HOP;
@@ -25,6 +26,9 @@ export class HopProbe {
   readonly ingress: BpfProgram;
   readonly egress: BpfProgram;
   private readonly flows: BpfMap;
+  /** struct nt_pair_filter: the kernel tests a packet's bit before it looks up nt_flows */
+  private readonly pairs: BpfMap;
+  private readonly pairBits = Buffer.alloc(PAIR_FILTER_SIZE);
   private readonly lost: BpfMap;
   private readonly ring: RingReader;
   private dropLink: { detach(): void } | null = null;
@@ -33,6 +37,8 @@ export class HopProbe {
     this.ingress = obj.program(capture ? P.nt_ingress_cap : P.nt_ingress);
     this.egress = obj.program(capture ? P.nt_egress_cap : P.nt_egress);
     this.flows = obj.map(M.nt_flows);
+    this.pairs = obj.map('.data.pairs');
+    if (this.pairs.valueSize !== PAIR_FILTER_SIZE) throw new Error(`hop object: section .data.pairs holds ${this.pairs.valueSize} bytes, struct nt_pair_filter ${PAIR_FILTER_SIZE} (rebuild with make build)`);
     this.lost = obj.map(M.nt_lost);
     this.ring = new RingReader(obj.map(M.nt_records).fd, obj.maxEntries(M.nt_records));
   }
@@ -61,6 +67,14 @@ export class HopProbe {
   }
 
   follow(rule: FlowRule): void {
+    // the bit first: a packet of the flow that finds the rule but not its bit would be missed
+    const bit = pairBit(rule);
+    // bit b of 64-bit word b >> 6, in the byte order the kernel loads the word in
+    const byte = (bit & 63) >> 3;
+    const at = PAIR_FILTER_FIELDS.bits.offset + (bit >> 6) * 8 + (endianness() === 'LE' ? byte : 7 - byte);
+    const had = this.pairBits[at]!;
+    this.pairBits[at] = had | (1 << (bit & 7));
+    if (this.pairBits[at] !== had) this.pairs.update(Buffer.alloc(4), this.pairBits);
     this.flows.update(encodeFlowKey(rule), encodeFlowRule(rule));
   }
 

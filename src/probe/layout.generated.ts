@@ -148,6 +148,11 @@ export const FLOW_RULE_FIELDS = {
   _pad: { offset: 9, kind: 'bytes', length: 3 },
 } as const;
 
+export const PAIR_FILTER_SIZE = 128;
+export const PAIR_FILTER_FIELDS = {
+  bits: { offset: 0, kind: 'u64[]', length: 128 },
+} as const;
+
 export const CONFIG_SIZE = 28;
 export const CONFIG_FIELDS = {
   vxlan_ports: { offset: 0, kind: 'u16[]', length: 8 },

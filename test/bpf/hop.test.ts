@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, test } from 'node:test';
 import { testRun } from '../../src/libbpf';
+import { pairBit } from '../../src/probe/flowrule';
 import { HopProbe } from '../../src/probe/hop';
 import type { HopRecord } from '../../src/probe/layout.generated';
 import { ether, ipBytes, ipip, ipv4, ipv6, vxlan } from '../helpers/packets';
@@ -102,6 +103,19 @@ test('unfollowed flows and ports are not recorded', { skip }, () => {
   assert.equal(run(ether(ipv4('10.0.0.1', B, tcp()))).length, 0);
   assert.equal(run(ether(ipv4(A, B, tcp({ dport: 443 })))).length, 0);
   assert.equal(run(ether(ipv4(A, B, { proto: 'udp', dport: 54 }))).length, 0);
+});
+
+test('a pair of another flow whose filter bit a followed pair sets is still not recorded; both directions share the bit', { skip }, () => {
+  const bit = pairBit({ family: 4, proto: 6, saddr: ipBytes(A), daddr: ipBytes(B), sport: 0, dport: 80, flowId: 3, direction: 'request' });
+  let other = '';
+  for (let i = 0; i < 1 << 16 && !other; i++) {
+    const ip = `10.9.${i >> 8}.${i & 255}`;
+    if (pairBit({ family: 4, proto: 6, saddr: ipBytes(ip), daddr: ipBytes(B), sport: 0, dport: 0, flowId: 0, direction: 'request' }) === bit) other = ip;
+  }
+  assert.ok(other, 'an address of 10.9/16 shares the bit of A -> B');
+  assert.equal(run(ether(ipv4(other, B, tcp()))).length, 0, `${other} -> ${B} passes the filter, the flow map turns it away`);
+  // ingress and egress both record it
+  assert.deepEqual(run(ether(ipv4(B, A, tcp({ sport: 80, dport: 40000 })))).map((r) => r.direction), [1, 1], 'the reply direction, by the same bit');
 });
 
 test('truncated at every byte: passes unchanged, never a record without its full key', { skip }, () => {
