@@ -51,7 +51,9 @@ static __always_inline void stamp_tc(struct __sk_buff *skb, struct nt_hop_record
 {
 	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
 
-	r->netns_ino = BPF_CORE_READ(kskb, dev, nd_net.net, ns.inum);
+	/* plain loads through the trusted kernel pointer (the verifier makes them fault-safe):
+	 * BPF_CORE_READ would call bpf_probe_read_kernel once per pointer, three calls */
+	r->netns_ino = kskb->dev->nd_net.net->ns.inum;
 	r->ifindex = skb->ifindex;
 	r->skb_len = skb->len;
 	r->gso_segs = skb->gso_segs;

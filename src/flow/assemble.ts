@@ -167,6 +167,8 @@ export class PathAssembler {
   private readonly addrText = new AddrText();
   private readonly addrTexts = new Map<Uint8Array, string>();
   private readonly skippedCache = new Map<string, NonNullable<PacketPath['skipped']>>();
+  /** the last answer of skippedOn, for the next path of the same direction and nodes (most of them) */
+  private lastSkipped: { direction: Direction; first: string | undefined; last: string | undefined; skipped: NonNullable<PacketPath['skipped']> } | null = null;
   private readonly now: () => number;
 
   constructor(private readonly flow: FlowSpec, topology: ClusterTopology, private readonly opts: AssemblerOptions) {
@@ -755,6 +757,11 @@ export class PathAssembler {
 
   /** The steps the nodes of these hops do not have (their CNI mode), the same for every path of a direction and nodes. */
   private skippedOn(direction: Direction, hops: Seen[]): NonNullable<PacketPath['skipped']> {
+    // a path's hops are on one node or two, in order: the first and the last hop name them
+    const first = hops[0]?.device.node;
+    const last = hops[hops.length - 1]?.device.node;
+    const c = this.lastSkipped;
+    if (c && c.direction === direction && c.first === first && c.last === last) return c.skipped;
     const nodes: string[] = [];
     for (const h of hops) if (!nodes.includes(h.device.node)) nodes.push(h.device.node);
     const key = `${direction}\0${nodes.join('\0')}`;
@@ -767,6 +774,7 @@ export class PathAssembler {
       if (this.skippedCache.size >= 64) this.skippedCache.clear();
       this.skippedCache.set(key, s);
     }
+    if (nodes.length <= 2) this.lastSkipped = { direction, first, last, skipped: s };
     return s;
   }
 
