@@ -30,6 +30,11 @@ export class WallClock {
     this.offset = BigInt(now) * 1_000_000n - mono + this.skewNs;
   }
 
+  /** wall-clock ns minus monotonic ns, as last measured */
+  get offsetNs(): bigint {
+    return this.offset;
+  }
+
   /** a monotonic timestamp (a hop's ts_ns) as wall-clock ns */
   wallNs(tsNs: number | bigint): bigint {
     return (typeof tsNs === 'bigint' ? tsNs : BigInt(Math.round(tsNs))) + this.offset;
@@ -45,23 +50,38 @@ export class WallClock {
 /** Wall-clock ns as ISO 8601 in UTC with microseconds: 2026-11-29T14:04:05.123456Z. */
 export function isoMicros(wallNs: bigint): string {
   const sec = wallNs / 1_000_000_000n;
-  const micros = Math.floor(Number(wallNs - sec * 1_000_000_000n) / 1000);
+  return isoOf(Number(sec), Math.floor(Number(wallNs - sec * 1_000_000_000n) / 1000));
+}
+
+function isoOf(sec: number, micros: number): string {
   // every hop of a path, and most paths of a second, share the date and time: formatted once a second
   if (sec !== isoSecond) {
     isoSecond = sec;
-    isoPrefix = new Date(Number(sec) * 1000).toISOString().slice(0, 19);
+    isoPrefix = new Date(sec * 1000).toISOString().slice(0, 19);
   }
   return `${isoPrefix}.${String(micros).padStart(6, '0')}Z`;
 }
-let isoSecond = -1n;
+let isoSecond = -1;
 let isoPrefix = '';
 
 /**
  * Gives each hop its wall-clock time (HopView.time) from its ts_ns, which is on the monotonic
- * clock wallNs reads: this machine's, also for another node's hops once their clock correction
- * placed them on it.
+ * clock offsetNs maps to the wall clock (WallClock.offsetNs): this machine's, also for another
+ * node's hops once their clock correction placed them on it. In numbers, not BigInts: a BigInt
+ * is a heap object, and this runs for every hop of every path.
  */
-export function stampWallTimes(p: PacketPath, wallNs: (tsNs: number) => bigint): PacketPath {
-  for (const h of p.steps) h.time = isoMicros(wallNs(h.ts_ns));
+export function stampWallTimes(p: PacketPath, offsetNs: bigint): PacketPath {
+  let sec = Number(offsetNs / 1_000_000_000n);
+  let frac = Number(offsetNs % 1_000_000_000n);
+  if (frac < 0) {
+    frac += 1e9;
+    sec -= 1;
+  }
+  for (const h of p.steps) {
+    // ts_ns + frac stays below 2^53 for ~100 days of uptime, and microseconds survive beyond
+    const t = h.ts_ns + frac;
+    const s = Math.floor(t / 1e9);
+    h.time = isoOf(sec + s, Math.floor((t - s * 1e9) / 1000));
+  }
   return p;
 }

@@ -105,11 +105,10 @@ export function startFollow(opts: FollowSessionOptions): FollowSession {
   const loop = pathLoop({
     count: opts.count ?? null, timeoutS: opts.timeoutS ?? null,
     onPath: (p) => {
-      const wallNs = (ts: number) => clock.wallNs(ts);
-      stampWallTimes(p, wallNs);
+      stampWallTimes(p, clock.offsetNs);
       if (!captures) return opts.onPath(p);
       const bytes = captures.take(p);
-      opts.onPath(p, p.steps.map((h, i) => ({ bytes: bytes[i], wallNs: wallNs(h.ts_ns) })));
+      opts.onPath(p, p.steps.map((h, i) => ({ bytes: bytes[i], wallNs: clock.wallNs(h.ts_ns) })));
     },
     poll: () => feed.drain((r, view, offset, length) => {
       if (captures) {

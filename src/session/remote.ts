@@ -190,7 +190,7 @@ export function startRemoteFollow(opts: RemoteFollowOptions): FollowSession {
       if (note) h.clock = note;
     }
     // ts_ns is on our monotonic clock now: the agents' hops were placed on it by their correction
-    opts.onPath(stampWallTimes(p, (ts) => local.wallNs(ts)));
+    opts.onPath(stampWallTimes(p, local.offsetNs));
   };
 
   const loop = pathLoop({

@@ -10,7 +10,7 @@ import { formatPathTable } from '../../../src/export/table';
 // 2025-11-29T14:04:05.123456789Z
 const WALL0 = 1_764_425_045_123_456_789n;
 /** a fixed clock: monotonic 5 s is WALL0 */
-const fixed = (ts: number) => WALL0 + BigInt(ts) - 5_000_000_000n;
+const fixed = WALL0 - 5_000_000_000n;
 
 function path(): PacketPath {
   const hop = (step: number, device: string, hook: 'ingress' | 'egress', ts: number, node = 'node1') =>
@@ -38,6 +38,13 @@ test('every hop gets its wall time; JSON carries it as `time`, the table\'s pack
   assert.equal(json.steps[0]!.time, '2025-11-29T14:04:05.123456Z');
   assert.equal(json.steps[2]!.time, '2025-11-29T14:04:05.123574Z');
   assert.match(formatPathTable(p).split('\n')[0]!, /^2025-11-29T14:04:05\.123456Z request 10\.244\.1\.5:40000 -> 10\.244\.2\.8:80 tcp ip-id 7 len 60 seq 1 ack 0 \[S\]$/);
+  // a hop in the last microsecond of a second, and one whose ts and offset carry into the next
+  const edge = path();
+  edge.steps[0]!.ts_ns = 5_876_543_210; // WALL0 + 0.876543210 s: 14:04:05.999999999
+  edge.steps[1]!.ts_ns = 5_876_543_211;
+  assert.deepEqual(stampWallTimes(edge, fixed).steps.slice(0, 2).map((h) => h.time), ['2025-11-29T14:04:05.999999Z', '2025-11-29T14:04:06.000000Z']);
+  // the same as isoMicros of the BigInt sum, for a negative offset too
+  assert.equal(stampWallTimes(path(), -1_500n).steps[0]!.time, isoMicros(5_000_000_000n - 1_500n));
   // a path nothing stamped (an older producer) prints as before
   assert.match(formatPathTable(path()).split('\n')[0]!, /^request 10\.244\.1\.5:40000 /);
 });
