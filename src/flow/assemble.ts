@@ -28,8 +28,10 @@ interface Pending {
   first: HopRecord;
   kernelDrop?: { reason: string; device: string | null };
   direction: 'request' | 'reply';
-  /** by order: a small array, cheaper than a Map per packet */
+  /** by order: an array of ORDER.COUNT slots made once, cheaper than a Map per packet or one that grows */
   hops: (Seen | undefined)[];
+  /** the highest order in hops; -1 before the first */
+  top: number;
   lastSeenMs: number;
   /** the node of its source-side hops, once it has one */
   srcNode?: string;
@@ -123,7 +125,7 @@ const UNDERLAY_INGRESS: number = ORDER.UNDERLAY_INGRESS;
  */
 function wireOnly(q: Pending): boolean {
   return q.srcNode === undefined && !q.kernelDrop && q.span?.side === 'destination'
-    && q.hops.length === UNDERLAY_INGRESS + 1 && q.hops[UNDERLAY_INGRESS] !== undefined;
+    && q.top === UNDERLAY_INGRESS;
 }
 
 /**
@@ -286,7 +288,7 @@ export class PathAssembler {
       // every field set here, in one order: one object shape for all entries
       p = {
         // a copy: a caller may hand every record in one reused object (the ring reader's)
-        first: { ...r }, kernelDrop: undefined, direction, hops: [], lastSeenMs: now, srcNode: undefined, hasDst: false, ended: false, done: false,
+        first: { ...r }, kernelDrop: undefined, direction, hops: new Array<Seen | undefined>(ORDER.COUNT), top: -1, lastSeenMs: now, srcNode: undefined, hasDst: false, ended: false, done: false,
         span: undefined, held: false, srcSegs: 0,
       };
       this.pending.add(p);
@@ -296,7 +298,10 @@ export class PathAssembler {
         if (point.order === UNDERLAY_INGRESS && side === 'destination') wire = true;
       }
     }
-    if (p.hops[point.order] === undefined) p.hops[point.order] = { order: point.order, step: point.step, device, hook: point.hook, ts: r.ts_ns, addrs: this.addrText.of(r) };
+    if (p.hops[point.order] === undefined) {
+      p.hops[point.order] = { order: point.order, step: point.step, device, hook: point.hook, ts: r.ts_ns, addrs: this.addrText.of(r) };
+      if (point.order > p.top) p.top = point.order;
+    }
     p.lastSeenMs = now;
     const nw = this.notWatched[direction];
     if (side === 'source') {
@@ -679,24 +684,27 @@ export class PathAssembler {
     const wire = this.wireStep(p, x.dest);
     // in order, not by time: clocks of two nodes may disagree
     const hops: Seen[] = [];
+    const steps: HopView[] = [];
+    let prev = 0;
     for (let o = 0; o < ORDER.COUNT; o++) {
       const h = p.hops[o] ?? x.dest?.hops[o] ?? (o === UNDERLAY_INGRESS ? wire?.hop : undefined);
-      if (h) hops.push(h);
-    }
-    let prev = hops[0]?.ts ?? 0;
-    const steps: HopView[] = hops.map((h) => {
+      if (!h) continue;
+      if (hops.length === 0) prev = h.ts;
+      hops.push(h);
       const view: HopView = {
         step: h.step, name: STEP_NAMES[h.step] ?? '', node: h.device.node, device: h.device.name, hook: h.hook,
         ts_ns: h.ts, latency_ns: Math.max(0, h.ts - prev),
       };
-      if (h.device.role === 'pod') view.pod = h.device.pod;
-      const ref = h.device.pod !== undefined ? this.podRefs.get(h.device.pod) : undefined;
-      if (ref && h.device.role === 'pod') view.k8s = ref;
+      if (h.device.role === 'pod') {
+        view.pod = h.device.pod;
+        const ref = h.device.pod !== undefined ? this.podRefs.get(h.device.pod) : undefined;
+        if (ref) view.k8s = ref;
+      }
       if (h.ts < prev) view.clamped_ns = prev - h.ts;
       // from this hop on, its own clock: a clamp at the wire leaves the next node's steps their times
       prev = h.ts;
-      return view;
-    });
+      steps.push(view);
+    }
     const src = this.addrOf(r.saddr, r.family);
     const dst = this.addrOf(r.daddr, r.family);
     const f = this.flow;
@@ -796,7 +804,5 @@ function icmpError(r: HopRecord): boolean {
 }
 
 function lastHop(p: Pending): Seen | undefined {
-  let m: Seen | undefined;
-  for (const h of p.hops) if (h && (!m || h.order > m.order)) m = h;
-  return m;
+  return p.top < 0 ? undefined : p.hops[p.top];
 }
