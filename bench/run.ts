@@ -251,6 +251,7 @@ async function main(): Promise<void> {
   // `node dist/bench/run.js programs`: the parts that need no cluster (ns per program run, decoding, assembly)
   if (only === 'programs') {
     perRun();
+    agentPerRun(ROUNDS);
     return decodeRate();
   }
   testbedDown(PREFIX);

@@ -178,7 +178,7 @@ export async function startTraceApi(opts: TraceApiOptions): Promise<TraceApi> {
     res.on('close', () => session.stop('the client went away'));
     res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
     const now = opts.clock.now();
-    send({ type: 'ready', session: id, node: opts.node.name, devices: feed.devices.length, mono_ns: now.monoNs.toString(), wall_ns: now.wallNs.toString() });
+    send({ type: 'ready', session: id, node: opts.node.name, devices: feed.devices.length, mono_ns: now.monoNs.toString(), wall_ns: now.wallNs.toString(), every: parsed.every });
     opts.log(`trace session ${id} for ${req.socket.remoteAddress}: ${parsed.flow.src} -> ${parsed.flow.dst} ${parsed.flow.proto} on ${feed.devices.length} devices`);
   };
 

@@ -141,7 +141,8 @@ export function followRequest(flow: FlowSpec, timeoutS: number, every = 1): Foll
 /** The messages of a follow stream, one JSON object a line. */
 export type StreamMessage =
   /** every hook is on; mono_ns/wall_ns: the agent's CLOCK_MONOTONIC (the clock of ts_ns) and its wall clock, read together */
-  | { type: 'ready'; session: string; node: string; devices: number; mono_ns: string; wall_ns: string }
+  /** every: the --every the agent's kernel programs sample by (absent from agents that predate it: 1) */
+  | { type: 'ready'; session: string; node: string; devices: number; mono_ns: string; wall_ns: string; every?: number }
   /** raw hop records, HOP_RECORD_SIZE bytes each, base64 */
   | { type: 'hops'; n: number; b64: string }
   /** records lost on the agent: the ring was full, or the client read too slowly */
@@ -176,7 +177,8 @@ export function parseStreamLine(line: string): StreamMessage | null {
   switch (m.type) {
     case 'ready': {
       const r = m as Extract<StreamMessage, { type: 'ready' }>;
-      if (!str(r.session) || !str(r.node) || !uint(r.devices) || !/^\d{1,20}$/.test(String(r.mono_ns)) || !/^\d{1,20}$/.test(String(r.wall_ns))) throw bad('ready message');
+      if (!str(r.session) || !str(r.node) || !uint(r.devices) || !/^\d{1,20}$/.test(String(r.mono_ns)) || !/^\d{1,20}$/.test(String(r.wall_ns))
+        || (r.every !== undefined && (typeof r.every !== 'number' || !validEvery(r.every)))) throw bad('ready message');
       return r;
     }
     case 'hops': {

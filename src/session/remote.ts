@@ -112,8 +112,8 @@ export function startRemoteFollow(opts: RemoteFollowOptions): FollowSession {
   }
   const involved = [...new Set([srcNode, dstNode].filter((n): n is string => !!n))];
   const clocks = new Map<string, AgentClock>(involved.map((n) => [n, { estimate: new OffsetEstimate(), agentWallMinusMono: null, symmetryNs: 0, delta: 0 }]));
-  /** per node: its stream, the session id its ready message gave, and whether we ended it */
-  const streams = new Map<string, { stream: FollowStream; state: { session: string | null; endedByUs: boolean } }>();
+  /** per node: its stream, the session id and the --every its ready message gave, and whether we ended it */
+  const streams = new Map<string, { stream: FollowStream; state: { session: string | null; endedByUs: boolean; every: number } }>();
   const queued: { node: string; m: StreamMessage }[] = [];
   const symmetry = new WireSymmetry();
   let assembler: PathAssembler | null = null;
@@ -228,12 +228,13 @@ export function startRemoteFollow(opts: RemoteFollowOptions): FollowSession {
     let devices = 0;
     await Promise.all(involved.map(async (node) => {
       const client = rc.nodes.get(node)!.client;
-      const state = { session: null as string | null, endedByUs: false };
+      const state = { session: null as string | null, endedByUs: false, every: 1 };
       let stream: FollowStream;
       try {
         stream = await client.follow(followRequest(f, timeoutS, opts.every ?? 1), (m) => {
           if (m.type === 'ready') {
             state.session = m.session;
+            state.every = m.every ?? 1;
             devices += m.devices;
             clocks.get(node)!.agentWallMinusMono = BigInt(m.wall_ns) - BigInt(m.mono_ns);
             refreshDelta(node);
@@ -258,6 +259,14 @@ export function startRemoteFollow(opts: RemoteFollowOptions): FollowSession {
     // wait for every stream's ready: its hooks are on
     const deadline = Date.now() + 10_000;
     while ([...streams.values()].some((s) => s.state.session === null) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    // an agent that predates --every follows every packet: its skbs would not match the other node's samples
+    const want = opts.every ?? 1;
+    const unlike = [...streams].filter(([, s]) => s.state.session !== null && s.state.every !== want);
+    if (unlike.length > 0) {
+      opts.onWarning?.(`--every ${want}: ${unlike.map(([node, s]) => `the agent of ${node} at ${rc.nodes.get(node)!.client.label} samples 1 in ${s.state.every}`).join('; ')} (an older agent): upgrade it, or leave --every out`);
+      loop.stop();
+      return;
+    }
     assembler = new PathAssembler(f, rc.topology, { graceMs: opts.graceMs, endpoints: endpoints.map((e) => e.ip), dropReason: dropReasonName, unwatched, perNodeStreams: true, every: opts.every });
     for (const { node, m } of queued.splice(0)) handle(node, m);
     if (queueLost) {

@@ -36,6 +36,11 @@ test('stream lines: known kinds checked, unknown kinds skipped, garbage refused'
   assert.deepEqual(parseStreamLine('{"type":"tick"}'), { type: 'tick' });
   assert.equal(parseStreamLine('{"type":"from-a-newer-agent"}'), null);
   assert.deepEqual(parseStreamLine('{"type":"lost","records":3,"why":"the ring buffer was full"}'), { type: 'lost', records: 3, why: 'the ring buffer was full' });
+  // the --every the agent samples by; an older agent's ready has none
+  const ready = { type: 'ready', session: 's1', node: 'node1', devices: 5, mono_ns: '1', wall_ns: '2' };
+  assert.deepEqual(parseStreamLine(JSON.stringify({ ...ready, every: 16 })), { ...ready, every: 16 });
+  assert.deepEqual(parseStreamLine(JSON.stringify(ready)), ready);
+  for (const every of [3, 0, 2048, '16', -1]) assert.throws(() => parseStreamLine(JSON.stringify({ ...ready, every })), /malformed/, String(every));
   for (const line of ['not json', '[]', '{"type":"ready","session":"x"}', '{"type":"hops","n":-1,"b64":""}', '{"type":"lost","records":"many","why":"x"}']) {
     assert.throws(() => parseStreamLine(line), /malformed/, line);
   }
