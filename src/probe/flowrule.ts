@@ -44,8 +44,6 @@ export function reverse(rule: FlowRule): FlowRule {
   };
 }
 
-const PAIR_BITS = PAIR_FILTER_FIELDS.bits.length * 8;
-
 /**
  * The bit of the kernel's pair filter (struct nt_pair_filter) a rule's address pair sets: its
  * key's eight address words XORed, as the program loads them (host order), with the protocol,
@@ -56,5 +54,16 @@ export function pairBit(rule: FlowRule): number {
   const le = endianness() === 'LE';
   let fold = rule.proto;
   for (let o = 0; o < 32; o += 4) fold ^= le ? key.readUInt32LE(K.saddr.offset + o) : key.readUInt32BE(K.saddr.offset + o);
-  return (Math.imul(fold, 0x9e3779b1) >>> 22) % PAIR_BITS;
+  return Math.imul(fold, 0x9e3779b1) >>> 22;
+}
+
+/** Sets a rule's bit in a struct nt_pair_filter's bytes; false when it was set already. */
+export function setPairBit(filter: Buffer, rule: FlowRule): boolean {
+  const bit = pairBit(rule);
+  // bit b of 64-bit word b >> 6, in the byte order the kernel loads the word in
+  const byte = (bit & 63) >> 3;
+  const at = PAIR_FILTER_FIELDS.bits.offset + (bit >> 6) * 8 + (endianness() === 'LE' ? byte : 7 - byte);
+  const had = filter[at]!;
+  filter[at] = had | (1 << (bit & 7));
+  return filter[at] !== had;
 }

@@ -1,10 +1,9 @@
 // The hop program (bpf/hop.bpf.c) loaded once per run: its config, flow map, ring and lost counter.
-import { endianness } from 'node:os';
 import { BpfObject, possibleCpus, RingReader } from '../libbpf';
 import type { BpfMap, BpfProgram, RecordHandler } from '../libbpf';
-import { encodeFlowKey, encodeFlowRule, pairBit, type FlowRule } from './flowrule';
+import { encodeFlowKey, encodeFlowRule, setPairBit, type FlowRule } from './flowrule';
 import { writeEvery, writeSnaplen, writeVxlanPorts } from './config';
-import { HOP, PAIR_FILTER_FIELDS, PAIR_FILTER_SIZE } from './layout.generated';
+import { HOP, PAIR_FILTER_SIZE } from './layout.generated';
 import { bpfObjectPath } from './paths';
 
 const { programs: P, maps: M } = HOP;
@@ -68,13 +67,7 @@ export class HopProbe {
 
   follow(rule: FlowRule): void {
     // the bit first: a packet of the flow that finds the rule but not its bit would be missed
-    const bit = pairBit(rule);
-    // bit b of 64-bit word b >> 6, in the byte order the kernel loads the word in
-    const byte = (bit & 63) >> 3;
-    const at = PAIR_FILTER_FIELDS.bits.offset + (bit >> 6) * 8 + (endianness() === 'LE' ? byte : 7 - byte);
-    const had = this.pairBits[at]!;
-    this.pairBits[at] = had | (1 << (bit & 7));
-    if (this.pairBits[at] !== had) this.pairs.update(Buffer.alloc(4), this.pairBits);
+    if (setPairBit(this.pairBits, rule)) this.pairs.update(Buffer.alloc(4), this.pairBits);
     this.flows.update(encodeFlowKey(rule), encodeFlowRule(rule));
   }
 
