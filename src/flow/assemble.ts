@@ -168,9 +168,8 @@ export class PathAssembler {
   private readonly ready: PacketPath[] = [];
   private readonly addrText = new AddrText();
   private readonly addrTexts = new Map<Uint8Array, string>();
-  private readonly skippedCache = new Map<string, NonNullable<PacketPath['skipped']>>();
-  /** the last answer of skippedOn, for the next path of the same direction and nodes (most of them) */
-  private lastSkipped: { direction: Direction; first: string | undefined; last: string | undefined; skipped: NonNullable<PacketPath['skipped']> } | null = null;
+  /** skippedOn's answers by direction, first hop's node, last hop's node */
+  private readonly skippedCache: Record<Direction, Map<string, Map<string, NonNullable<PacketPath['skipped']>>>> = { request: new Map(), reply: new Map() };
   private readonly now: () => number;
 
   constructor(private readonly flow: FlowSpec, topology: ClusterTopology, private readonly opts: AssemblerOptions) {
@@ -765,24 +764,22 @@ export class PathAssembler {
 
   /** The steps the nodes of these hops do not have (their CNI mode), the same for every path of a direction and nodes. */
   private skippedOn(direction: Direction, hops: Seen[]): NonNullable<PacketPath['skipped']> {
-    // a path's hops are on one node or two, in order: the first and the last hop name them
-    const first = hops[0]?.device.node;
-    const last = hops[hops.length - 1]?.device.node;
-    const c = this.lastSkipped;
-    if (c && c.direction === direction && c.first === first && c.last === last) return c.skipped;
-    const nodes: string[] = [];
-    for (const h of hops) if (!nodes.includes(h.device.node)) nodes.push(h.device.node);
-    const key = `${direction}\0${nodes.join('\0')}`;
-    let s = this.skippedCache.get(key);
+    if (hops.length === 0) return [];
+    // a direction's hops are on its source node, then its destination node (sideOf: one node a side),
+    // so the first and the last hop name them; a few entries, looked up without a key string
+    const first = hops[0]!.device.node;
+    const last = hops[hops.length - 1]!.device.node;
+    const byFirst = this.skippedCache[direction];
+    let byLast = byFirst.get(first);
+    if (!byLast) byFirst.set(first, (byLast = new Map()));
+    let s = byLast.get(last);
     if (!s) {
-      s = nodes.flatMap((node) => {
+      s = (first === last ? [first] : [first, last]).flatMap((node) => {
         const side = this.sideOf[direction].get(node);
         return side ? skippedSteps(side, this.roles.get(node) ?? new Set()).map((k) => ({ step: k.step, name: STEP_NAMES[k.step] ?? '', node, reason: k.reason })) : [];
       });
-      if (this.skippedCache.size >= 64) this.skippedCache.clear();
-      this.skippedCache.set(key, s);
+      byLast.set(last, s);
     }
-    if (nodes.length <= 2) this.lastSkipped = { direction, first, last, skipped: s };
     return s;
   }
 
