@@ -3,6 +3,7 @@
 import { spawn } from 'node:child_process';
 import { viewCluster } from '../src/session/cluster';
 import { startFollow } from '../src/session/follow';
+import { openLocalFeed } from '../src/session/localFeed';
 import { parseFlowSpec } from '../src/flow/spec';
 import { median } from '../src/flow/stats';
 import { BpfObject, testRun } from '../src/libbpf';
@@ -42,7 +43,7 @@ function iperf(ns: string, args: string[]): Promise<number> {
   });
 }
 
-type Mode = 'none' | 'empty' | 'miss' | 'followed' | 'every16' | 'tcpdump';
+type Mode = 'none' | 'empty' | 'miss' | 'ringOnly' | 'followed' | 'every16' | 'tcpdump';
 
 /**
  * The seed's manual method: tcpdump on the six devices it captures on (pod A's veth, cni0 and eth0 of
@@ -99,6 +100,18 @@ async function withMode<T>(mode: Mode, nodes: string[], fn: () => Promise<T>): P
     }
   }
   const flow = parseFlowSpec(mode === 'miss' ? `${A} -> ${B}:9` : `${A} -> ${B}:5201`, 'tcp');
+  if (mode === 'ringOnly') {
+    // the kernel's share of following every packet: the same programs and records, the ring drained
+    // on follow's timer, no path rebuilt (what follow costs with a collector that cost nothing)
+    const feed = openLocalFeed(flow, discoverCluster(refs), [], 'tcx');
+    const timer = setInterval(() => feed.drain(() => {}), 5);
+    try {
+      return await fn();
+    } finally {
+      clearInterval(timer);
+      feed.close();
+    }
+  }
   // every16: follow --every 16, one data skb per MiB of the stream (and SYN, RST, FIN without data, 1 in 16 pure ACKs)
   const session = startFollow({ flow, cluster: viewCluster(refs), graceMs: 1000, attach: 'tcx', every: mode === 'every16' ? 16 : 1, onPath: () => {} });
   try {
@@ -110,8 +123,8 @@ async function withMode<T>(mode: Mode, nodes: string[], fn: () => Promise<T>): P
 }
 
 async function throughput(nodes: string[], podA: string): Promise<void> {
-  const modes: Mode[] = ['none', 'empty', 'miss', 'followed', 'every16', 'tcpdump'];
-  const tcp: Record<Mode, number[]> = { none: [], empty: [], miss: [], followed: [], every16: [], tcpdump: [] };
+  const modes: Mode[] = ['none', 'empty', 'miss', 'ringOnly', 'followed', 'every16', 'tcpdump'];
+  const tcp: Record<Mode, number[]> = { none: [], empty: [], miss: [], ringOnly: [], followed: [], every16: [], tcpdump: [] };
   for (let r = 0; r < ROUNDS; r++) {
     for (const m of modes) tcp[m].push(await withMode(m, nodes, () => iperf(podA, [])));
   }
@@ -120,6 +133,7 @@ async function throughput(nodes: string[], podA: string): Promise<void> {
   for (const m of modes) console.log(`  ${m.padEnd(9)} ${(med[m] / 1e9).toFixed(2)} Gbit/s  (rounds: ${tcp[m].map((x) => (x / 1e9).toFixed(2)).join(' ')})`);
   console.log(`  filter miss / empty programs (goal >= 0.98): ${(med.miss / med.empty).toFixed(3)}`);
   console.log(`  followed flow / no programs  (goal >= 0.95): ${(med.followed / med.none).toFixed(3)}`);
+  console.log(`  records of every packet, no paths built / no programs (the kernel's share): ${(med.ringOnly / med.none).toFixed(3)}`);
   console.log(`  tcpdump on 6 devices / no programs:          ${(med.tcpdump / med.none).toFixed(3)}`);
   console.log(`  followed flow / tcpdump      (goal >= 1.00): ${(med.followed / med.tcpdump).toFixed(3)}`);
   console.log(`  follow --every 16 / no programs:             ${(med.every16 / med.none).toFixed(3)}; / tcpdump ${(med.every16 / med.tcpdump).toFixed(3)}`);
@@ -133,7 +147,7 @@ async function throughput(nodes: string[], podA: string): Promise<void> {
  */
 async function profile(nodes: string[], podA: string): Promise<void> {
   console.log(`where the time goes (kernel.bpf_stats_enabled=1, iperf3 ${SECONDS}s):`);
-  for (const mode of ['miss', 'followed', 'every16'] as const) {
+  for (const mode of ['miss', 'ringOnly', 'followed', 'every16'] as const) {
     await withMode(mode, nodes, async () => {
       const cpu0 = process.cpuUsage();
       const run = await withProgramStats('    ', () => iperf(podA, []));

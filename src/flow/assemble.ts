@@ -163,7 +163,8 @@ export class PathAssembler {
   private readonly everyShift: number;
   /** per direction: the end of the path on a node we get no records from */
   private readonly notWatched: Record<Direction, { source?: PacketPath['not_watched']; destination?: PacketPath['not_watched'] }>;
-  private readonly flows = new Map<string, TcpFlow>();
+  /** by flow id, then flowKey (direction and ports): numbers, no key string per packet */
+  private readonly flows = new Map<number, Map<number, TcpFlow>>();
   /** paths completed together with another one by add(), handed out by the next expire() */
   private readonly ready: PacketPath[] = [];
   private readonly addrText = new AddrText();
@@ -414,9 +415,12 @@ export class PathAssembler {
       this.finish(w);
       out.push(this.build(w, false));
     }
-    for (const [k, fi] of this.flows) {
-      if (fi.empty) this.flows.delete(k);
-      else fi.compact();
+    for (const [id, byKey] of this.flows) {
+      for (const [k, fi] of byKey) {
+        if (fi.empty) byKey.delete(k);
+        else fi.compact();
+      }
+      if (byKey.size === 0) this.flows.delete(id);
     }
     return out;
   }
@@ -445,9 +449,11 @@ export class PathAssembler {
 
   /** Put a new TCP data entry in its flow's index and link it to the other side's entries it overlaps. */
   private index(p: Pending, side: Side, r: HopRecord): void {
-    const fk = `${r.flow_id}/${r.direction}/${r.sport}/${r.dport}`;
-    let fi = this.flows.get(fk);
-    if (!fi) this.flows.set(fk, (fi = new TcpFlow(r.seq)));
+    let byKey = this.flows.get(r.flow_id);
+    if (!byKey) this.flows.set(r.flow_id, (byKey = new Map()));
+    const fk = flowKey(r);
+    let fi = byKey.get(fk);
+    if (!fi) byKey.set(fk, (fi = new TcpFlow(r.seq)));
     else if (fi.empty) fi.reset(r.seq);
     // every field set here, in one order: one object shape for all spans (add() sets rel)
     const mark = sampledByte(r.seq, r.payload_len, r.tcp_flags, this.everyShift);
@@ -793,6 +799,11 @@ export class PathAssembler {
     }
     return { src, dst };
   }
+}
+
+/** A flow direction's direction and ports as one number below 2^40 (exact as a double). */
+function flowKey(r: HopRecord): number {
+  return r.direction * 0x100000000 + (((r.sport << 16) | r.dport) >>> 0);
 }
 
 /** An ICMPv4 destination unreachable, time exceeded or parameter problem. */

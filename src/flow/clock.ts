@@ -59,7 +59,8 @@ function isoOf(sec: number, micros: number): string {
     isoSecond = sec;
     isoPrefix = new Date(sec * 1000).toISOString().slice(0, 19);
   }
-  return `${isoPrefix}.${String(micros).padStart(6, '0')}Z`;
+  // 1e6 + micros has seven digits: its last six are micros zero-padded, with one string fewer than padStart
+  return `${isoPrefix}.${String(1_000_000 + micros).slice(1)}Z`;
 }
 let isoSecond = -1;
 let isoPrefix = '';

@@ -95,9 +95,11 @@ export function startFollow(opts: FollowSessionOptions): FollowSession {
     modes: [...new Set(topology.nodes.map((n) => n.cni))], atNs: Number(process.hrtime.bigint()),
   });
 
+  // the clock is read once a poll, not once a record: a record's arrival is known to the poll's 5 ms anyway
+  let polledMs = Date.now();
   const assembler = new PathAssembler(f, topology, {
     graceMs: opts.graceMs, endpoints: endpoints.map((e) => e.ip), dropReason: dropReasonName, unwatched: elsewhere(opts.cluster, f, endpoints),
-    every: opts.every,
+    every: opts.every, now: () => polledMs,
   });
   // hops are stamped with this kernel's monotonic clock: every node of a local follow shares it
   const clock = new WallClock();
@@ -110,13 +112,16 @@ export function startFollow(opts: FollowSessionOptions): FollowSession {
       const bytes = captures.take(p);
       opts.onPath(p, p.steps.map((h, i) => ({ bytes: bytes[i], wallNs: clock.wallNs(h.ts_ns) })));
     },
-    poll: () => feed.drain((r, view, offset, length) => {
-      if (captures) {
-        const c = decodeHopCapture(view, offset, length);
-        captures.add(r, c.data, c.dev_type);
-      }
-      for (const p of assembler.addRecord(r)) loop.emit(p);
-    }),
+    poll: () => {
+      polledMs = Date.now();
+      feed.drain((r, view, offset, length) => {
+        if (captures) {
+          const c = decodeHopCapture(view, offset, length);
+          captures.add(r, c.data, c.dev_type);
+        }
+        for (const p of assembler.addRecord(r)) loop.emit(p);
+      });
+    },
     expire: (force) => assembler.expire(force),
     release: () => feed.detach(),
     close: () => {
