@@ -28,7 +28,7 @@ import type { DnsDiagnosis } from '../flow/dnsVerdict';
 import { dnsExitCode, formatDnsDiagnosis } from '../export/dnsDiagnosis';
 import type { Diagnosis } from '../flow/verdict';
 import { resolveAgents } from '../session/agentClient';
-import { connectAgents, remoteTarget, startRemoteFollow, type RemoteCluster } from '../session/remote';
+import { closeCluster, connectAgents, remoteTarget, startRemoteFollow, type RemoteCluster } from '../session/remote';
 import type { PacketPath } from '../flow/path';
 import { readFileSync } from 'node:fs';
 import { constants as osConstants, hostname } from 'node:os';
@@ -284,6 +284,7 @@ function buildProgram(): Command {
       const flow = named.flow;
       if ((o.every ?? 1) > 1 && flow.proto !== 'tcp') {
         named.source?.close();
+        if (remote) closeCluster(remote);
         throw usageError(`--every samples TCP flows only; this flow is ${flow.proto}`, 'leave --every out: every packet of it is followed');
       }
       const view = remote ? null : viewCluster(resolveNodes(netnsList(o)), o.cni as CniMode | undefined);
