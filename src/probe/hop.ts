@@ -5,6 +5,7 @@ import { encodeFlowKey, encodeFlowRule, setPairBit, type FlowRule } from './flow
 import { writeEvery, writeSnaplen, writeVxlanPorts } from './config';
 import { HOP, PAIR_FILTER_SIZE } from './layout.generated';
 import { bpfObjectPath } from './paths';
+import { NettraceError } from '../errors';
 
 const { programs: P, maps: M } = HOP;
 
@@ -37,7 +38,9 @@ export class HopProbe {
     this.egress = obj.program(capture ? P.nt_egress_cap : P.nt_egress);
     this.flows = obj.map(M.nt_flows);
     this.pairs = obj.map('.data.pairs');
-    if (this.pairs.valueSize !== PAIR_FILTER_SIZE) throw new Error(`hop object: section .data.pairs holds ${this.pairs.valueSize} bytes, struct nt_pair_filter ${PAIR_FILTER_SIZE} (rebuild with make build)`);
+    if (this.pairs.valueSize !== PAIR_FILTER_SIZE) {
+      throw new NettraceError('BPF', `hop object: section .data.pairs holds ${this.pairs.valueSize} bytes, struct nt_pair_filter ${PAIR_FILTER_SIZE}`, 'the BPF object does not match this nettrace: rebuild with `make build`');
+    }
     this.lost = obj.map(M.nt_lost);
     this.ring = new RingReader(obj.map(M.nt_records).fd, obj.maxEntries(M.nt_records));
   }
