@@ -4,6 +4,7 @@ import { spawn } from 'node:child_process';
 import { viewCluster } from '../src/session/cluster';
 import { startFollow } from '../src/session/follow';
 import { openLocalFeed } from '../src/session/localFeed';
+import { POLL_MS } from '../src/session/pathLoop';
 import { parseFlowSpec } from '../src/flow/spec';
 import { median } from '../src/flow/stats';
 import { BpfObject, testRun } from '../src/libbpf';
@@ -104,7 +105,7 @@ async function withMode<T>(mode: Mode, nodes: string[], fn: () => Promise<T>): P
     // the kernel's share of following every packet: the same programs and records, the ring drained
     // on follow's timer, no path rebuilt (what follow costs with a collector that cost nothing)
     const feed = openLocalFeed(flow, discoverCluster(refs), [], 'tcx');
-    const timer = setInterval(() => feed.drain(() => {}), 5);
+    const timer = setInterval(() => feed.drain(() => {}), POLL_MS);
     try {
       return await fn();
     } finally {

@@ -24,7 +24,8 @@ export interface PathLoop {
   done: Promise<number>;
 }
 
-const POLL_MS = 5;
+/** how often a follow takes in what arrived */
+export const POLL_MS = 5;
 const EXPIRE_MS = 100;
 
 export function pathLoop(o: PathLoopOptions): PathLoop {
